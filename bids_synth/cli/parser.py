@@ -1,0 +1,189 @@
+"""The command line: BIDS Apps conventions, as fMRIPrep and MRIQC."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..bids.modalities import MODALITIES, UnknownModalityError, resolve_modalities
+from ..errors import UsageError
+
+__all__ = ['build_parser', 'parse_args']
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 64) instead of exiting with status 2."""
+
+    def error(self, message):  # noqa: D401
+        raise UsageError(f'{self.prog}: {message}')
+
+
+def _label(value: str) -> str:
+    for prefix in ('sub-', 'ses-'):
+        if value.startswith(prefix):
+            value = value[len(prefix):]
+    if not value or not value.replace('-', '').isalnum():
+        raise argparse.ArgumentTypeError(f'invalid label {value!r}')
+    return value
+
+
+def _modalities(value: str) -> list[str]:
+    try:
+        return list(resolve_modalities([v for v in value.replace(',', ' ').split() if v]))
+    except UnknownModalityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _json_file(value: str) -> dict:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f'{value}: file not found')
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f'{value}: not valid JSON ({exc.msg}, line {exc.lineno})')
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f'{value}: must hold a JSON object')
+    unknown = [k for k in data if k not in MODALITIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f'{value}: unknown modality keys {", ".join(unknown)}; known: {", ".join(MODALITIES)}'
+        )
+    return data
+
+
+def _plugin_file(value: str) -> dict:
+    import yaml
+
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f'{value}: file not found')
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f'{value}: not valid YAML ({exc})') from None
+    if not isinstance(data, dict) or 'plugin' not in data:
+        raise argparse.ArgumentTypeError(f'{value}: must be a YAML mapping with a "plugin" key')
+    return data
+
+
+def _positive(value: str) -> int:
+    try:
+        ivalue = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+    if ivalue < 1:
+        raise argparse.ArgumentTypeError(f'{value} must be 1 or more')
+    return ivalue
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog='bids_synth',
+        description='Impute missing brain-imaging modalities of a BIDS dataset with diffusion '
+        'models; writes a BIDS-Derivatives dataset with full provenance.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument('bids_dir', type=Path, help='the input BIDS dataset (read only)')
+    parser.add_argument('output_dir', type=Path, help='the output (BIDS-Derivatives) folder')
+    parser.add_argument(
+        'analysis_level', choices=['participant', 'group'],
+        help='"group": fit the model on complete sessions; "participant": impute',
+    )
+    parser.add_argument('--version', action='version', version=f'bids_synth {__version__}')
+
+    g = parser.add_argument_group('selecting data')
+    g.add_argument('--participant-label', '--participant_label', nargs='+', type=_label,
+                   metavar='LABEL', help='participants to process (with or without "sub-")')
+    g.add_argument('--session-label', nargs='+', type=_label, metavar='LABEL',
+                   help='sessions to process (with or without "ses-")')
+    g.add_argument('--modalities', type=_modalities, metavar='LIST',
+                   help=f'targets to synthesize, comma or space separated '
+                   f'(default: all the model knows; known: {", ".join(MODALITIES)})')
+    g.add_argument('--bids-filter-file', dest='bids_filters', type=_json_file, metavar='FILE',
+                   help='JSON: modality -> extra pybids entity filters, e.g. '
+                   '{"T1w": {"acquisition": "mprage"}}')
+    g.add_argument('--bids-database-dir', type=Path, metavar='DIR',
+                   help='cache the pybids index here (later runs reuse it)')
+    g.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
+                   help='do not validate the input with bids-validator-deno')
+    g.add_argument('--clinical-columns', nargs='+', metavar='COL',
+                   help='participants.tsv columns to condition on (default: all)')
+    g.add_argument('--unreadable-as-missing', action='store_true',
+                   help='synthesize modalities whose file exists but cannot be read '
+                   '(default: report them as errors and leave them alone)')
+
+    g = parser.add_argument_group('model and sampling')
+    g.add_argument('--model', type=Path, metavar='DIR',
+                   help='model directory (default: the group-level model in output_dir, else '
+                   'the embedded default)')
+    g.add_argument('--method', choices=['diffusion', 'regression'], default=None,
+                   help='imputation method (default: the model\'s; diffusion for group)')
+    g.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
+    g.add_argument('--seed', type=int, default=0, help='random seed (sampling, training)')
+    g.add_argument('--num-samples', type=_positive, default=1,
+                   help='samples per image; K > 1 writes the mean and a desc-synthstd image')
+    g.add_argument('--steps', type=_positive, default=None,
+                   help='sampler steps (default: the model card\'s)')
+    g.add_argument('--sampler', choices=['ddim', 'rflow'], default=None,
+                   help='sampler (default: the model card\'s)')
+    g.add_argument('--train-steps', type=_positive, default=None,
+                   help='group level: diffusion training steps (default: the recipe\'s)')
+
+    g = parser.add_argument_group('execution')
+    g.add_argument('-w', '--work-dir', type=Path, metavar='DIR',
+                   help='working directory (default: <output_dir>/../bids_synth_work); '
+                   'reruns resume from it')
+    g.add_argument('--nprocs', '--nthreads', '--n_cpus', dest='nprocs', type=_positive,
+                   help='maximum number of parallel processes (default: all CPUs)')
+    g.add_argument('--omp-nthreads', type=_positive, help='threads per process')
+    g.add_argument('--mem-mb', '--mem_mb', dest='mem_mb', type=_positive,
+                   help='memory limit for MultiProc scheduling (MB)')
+    g.add_argument('--use-plugin', dest='plugin_file', type=_plugin_file, metavar='FILE',
+                   help='Nipype plugin YAML (plugin: SLURM, plugin_args: {...}) as fMRIPrep')
+    g.add_argument('--stop-on-first-crash', action='store_true')
+    g.add_argument('--dry-run', action='store_true',
+                   help='print what is present, missing and unreadable per session, and what '
+                   'would be synthesized; change nothing')
+    g.add_argument('--no-reports', dest='reports', action='store_false',
+                   help='do not write HTML reports')
+    g.add_argument('--write-graph', action='store_true', help='write the workflow graph (dot)')
+    g.add_argument('-v', '--verbose', action='count', default=0,
+                   help='more output; -v also shows tracebacks')
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` into a flat options dict; raise UsageError on bad usage."""
+    opts = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    plugin = opts.pop('plugin_file', None)
+    if plugin:
+        opts['plugin'] = plugin['plugin']
+        opts['plugin_args'] = plugin.get('plugin_args') or {}
+    for key in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'model'):
+        if opts.get(key) is not None:
+            opts[key] = str(Path(opts[key]).expanduser().absolute())
+    if opts.get('work_dir') is None:
+        opts['work_dir'] = str(Path(opts['output_dir']).parent / 'bids_synth_work')
+    opts['participant_label'] = opts.get('participant_label') or []
+    opts['session_label'] = opts.get('session_label') or []
+    opts['modalities'] = opts.get('modalities') or []
+    opts['clinical_columns'] = opts.get('clinical_columns') or []
+    opts['bids_filters'] = opts.get('bids_filters') or {}
+    opts['nprocs'] = opts.get('nprocs') or (os.cpu_count() or 1)
+    opts['omp_nthreads'] = opts.get('omp_nthreads') or max(1, min(4, opts['nprocs']))
+    if opts.get('train_steps') is None:
+        opts['train_steps'] = 0
+    if opts.get('steps') is None:
+        opts['steps'] = 0
+    if opts.get('sampler') is None:
+        opts['sampler'] = ''
+    if opts.get('model') is None:
+        opts['model'] = ''
+    if opts.get('bids_database_dir') is None:
+        opts['bids_database_dir'] = ''
+    return opts

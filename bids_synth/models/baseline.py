@@ -1,0 +1,277 @@
+"""Regression imputer: the comparator for the diffusion model.
+
+A voxelwise model in template space, fitted at ``group`` level on complete sessions:
+
+    y_t(v) = mu_t(v) + sum_j beta[p(v), t, j] * (x_j(v) - mu_j(v)) + sum_k gamma[p(v), t, k] * c_k
+
+``mu`` are the cohort's voxelwise mean images (the "template mean" imputer is this model with no
+inputs), ``x_j`` the channels of the available modalities, ``c_k`` the standardized clinical
+covariates, and the coefficients are ridge solutions shared inside small spatial parcels
+``p(v)`` (cubes of ``parcel_mm`` inside the brain mask), so a few dozen sessions suffice.
+
+What makes it serve any subset of inputs: the fit keeps the ridge *sufficient statistics* of
+every parcel (``Z'Z`` and ``Z'Y`` over all features), and prediction solves the system restricted
+to the features present in the session (available modalities, non-missing clinical values).
+Nothing is refitted per pattern.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..bids.modalities import MODALITIES
+from ..errors import DataError, ModelError
+from .checkpoint import load_model, save_model
+from .imputer import Prediction, SessionArrays
+
+__all__ = ['RegressionImputer', 'clinical_features', 'parcellate']
+
+
+def parcellate(mask: np.ndarray, zooms: float, parcel_mm: float = 12.0) -> np.ndarray:
+    """Label the mask's voxels by cube of ``parcel_mm`` (0 = outside); labels are 1..P.
+
+    >>> m = np.ones((4, 4, 4), bool)
+    >>> lab = parcellate(m, zooms=4.0, parcel_mm=8.0)
+    >>> int(lab.max()), int((lab == 1).sum())
+    (8, 8)
+    """
+    step = max(1, int(round(parcel_mm / zooms)))
+    idx = np.indices(mask.shape) // step
+    nblk = [int(np.ceil(s / step)) for s in mask.shape]
+    block = (idx[0] * nblk[1] + idx[1]) * nblk[2] + idx[2]
+    _, labels = np.unique(block[mask], return_inverse=True)
+    out = np.zeros(mask.shape, dtype=np.int32)
+    out[mask] = labels.astype(np.int32) + 1
+    return out
+
+
+def clinical_features(schema: dict, values: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Encode clinical values as (features, present) under ``schema``.
+
+    Continuous columns are z-scored; categorical ones one-hot over their levels; text columns
+    are skipped (the regression does not read notes). ``present`` marks features whose value
+    was given.
+
+    >>> schema = {'age': {'type': 'continuous', 'mean': 70.0, 'std': 10.0},
+    ...           'sex': {'type': 'categorical', 'levels': ['F', 'M']}}
+    >>> f, p = clinical_features(schema, {'age': 80.0, 'sex': None})
+    >>> f.tolist(), p.tolist()
+    [[1.0, 0.0, 0.0], [True, False, False]]
+    """
+    feats, present = [], []
+    for name in sorted(schema):
+        spec = schema[name]
+        val = values.get(name)
+        missing = val is None or (isinstance(val, float) and np.isnan(val))
+        if spec.get('type') == 'continuous':
+            std = spec.get('std') or 1.0
+            feats.append(0.0 if missing else (float(val) - spec.get('mean', 0.0)) / std)
+            present.append(not missing)
+        elif spec.get('type') == 'categorical':
+            for level in spec.get('levels', []):
+                feats.append(0.0 if missing else float(str(val) == str(level)))
+                present.append(not missing)
+    return np.asarray([feats], np.float32).reshape(1, -1), np.asarray([present]).reshape(1, -1)
+
+
+def _channel_index(modalities: Sequence[str]) -> list[tuple[str, int]]:
+    return [(m, c) for m in modalities for c in range(MODALITIES[m].n_channels)]
+
+
+def _accumulate(zz, zy, z, y, starts, chunk=40_000):
+    """Add per-parcel ``z'z`` and ``z'y`` to ``zz``/``zy``; voxels are sorted by parcel.
+
+    Works through the parcels in chunks of about ``chunk`` voxels to bound memory.
+    """
+    n_par = len(starts)
+    ends = np.append(starts[1:], len(z))
+    p0 = 0
+    while p0 < n_par:
+        p1 = int(np.searchsorted(ends, starts[p0] + chunk, side='right'))
+        p1 = max(p1, p0 + 1)
+        v0, v1 = starts[p0], ends[p1 - 1]
+        zc, yc = z[v0:v1], y[v0:v1]
+        local = starts[p0:p1] - v0
+        zz[p0:p1] += np.add.reduceat(zc[:, :, None] * zc[:, None, :], local, axis=0)
+        zy[p0:p1] += np.add.reduceat(zc[:, :, None] * yc[:, None, :], local, axis=0)
+        p0 = p1
+
+
+class RegressionImputer:
+    """Voxelwise ridge regression with parcel-shared coefficients (see module docstring)."""
+
+    method = 'regression'
+
+    def __init__(self, modalities, mask, affine, mu, labels, zz, zy, schema, lam, info, clin_mean):
+        self.modalities = tuple(modalities)
+        self.mask = mask
+        self.affine = affine
+        self.mu = mu  # (n_channels_total, X, Y, Z)
+        self.labels = labels  # (X, Y, Z) int32, 0 outside
+        self.zz = zz  # (P, D, D)
+        self.zy = zy  # (P, D, n_channels_total)
+        self.schema = schema
+        self.lam = lam
+        self.info = info
+        self.clin_mean = clin_mean  # (K,) training mean of each clinical feature
+        self._index = _channel_index(self.modalities)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        sessions: Sequence[SessionArrays],
+        *,
+        mask: np.ndarray,
+        affine: np.ndarray,
+        clinical_schema: dict,
+        modalities: Sequence[str],
+        parcel_mm: float = 12.0,
+        ridge: float = 1e-2,
+        template: dict | None = None,
+    ) -> RegressionImputer:
+        """Fit on the sessions that have every modality in ``modalities``."""
+        modalities = tuple(modalities)
+        complete = [s for s in sessions if all(m in s.images for m in modalities)]
+        if len(complete) < 2:
+            raise DataError(
+                f'regression needs at least 2 sessions with all of {", ".join(modalities)}; '
+                f'found {len(complete)}'
+            )
+        schema = {k: v for k, v in clinical_schema.items() if v.get('type') != 'text'}
+        mask = mask.astype(bool)
+        stacks = [np.concatenate([s.images[m] for m in modalities], 0)[:, mask] for s in complete]
+        data = np.stack(stacks).astype(np.float64)  # (S, C, V)
+        mu = data.mean(0)
+        labels = parcellate(mask, float(abs(affine[0, 0])), parcel_mm)
+        lab = labels[mask] - 1
+        n_par = int(lab.max()) + 1
+        n_img = data.shape[1]
+        n_clin = clinical_features(schema, {})[0].shape[1]
+        dim = n_img + n_clin
+        clin_all = [clinical_features(schema, sess.clinical) for sess in complete]
+        # centre each clinical feature on the sessions that have it: deviations have zero mean,
+        # so uncentred covariates (no intercept) would bias the prediction
+        cf = np.concatenate([c for c, _ in clin_all], 0)
+        cp = np.concatenate([p for _, p in clin_all], 0)
+        clin_mean = (cf * cp).sum(0) / np.maximum(cp.sum(0), 1)
+        order = np.argsort(lab, kind='stable')
+        starts = np.searchsorted(lab[order], np.arange(n_par))
+        zz = np.zeros((n_par, dim, dim))
+        zy = np.zeros((n_par, dim, n_img))
+        for s_idx, sess in enumerate(complete):
+            dev = (data[s_idx] - mu).T[order]  # (V, C), voxels grouped by parcel
+            clin, present = clin_all[s_idx]
+            clin = np.where(present, clin - clin_mean, 0.0)
+            z = np.concatenate([dev, np.repeat(clin, dev.shape[0], 0)], 1)  # (V, D)
+            _accumulate(zz, zy, z, dev, starts)
+        full_mu = np.zeros((n_img,) + mask.shape, np.float32)
+        full_mu[:, mask] = mu
+        info = {
+            'n_sessions': len(complete),
+            'n_subjects': len({s.subject for s in complete}),
+            'parcel_mm': parcel_mm,
+            'n_parcels': n_par,
+            'fitted': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'),
+            'template': template or {},
+        }
+        return cls(modalities, mask, affine, full_mu, labels, zz.astype(np.float32),
+                   zy.astype(np.float32), schema, ridge, info, clin_mean.astype(np.float32))
+
+    # --------------------------------------------------------------- prediction
+    def predict(self, session, targets, *, seed=0, num_samples=1, device='cpu'):
+        """Predict ``targets`` from the session's available modalities and clinical values.
+
+        Deterministic: ``seed`` and ``num_samples`` are accepted for the common interface; the
+        standard deviation is ``None``.
+        """
+        avail = [m for m in self.modalities if m in session.images and m not in targets]
+        unknown = [t for t in targets if t not in self.modalities]
+        if unknown:
+            raise ModelError(f'the regression model was not fitted for {", ".join(unknown)}')
+        mask = self.mask
+        lab = self.labels[mask] - 1
+        feats = []  # (V, d) deviations of available channels, then clinical
+        keep = []
+        for j, (mod, ch) in enumerate(self._index):
+            if mod in avail:
+                feats.append(session.images[mod][ch][mask] - self.mu[j][mask])
+                keep.append(j)
+        n_img = len(self._index)
+        clin, present = clinical_features(self.schema, session.clinical)
+        for k in np.flatnonzero(present[0]):
+            feats.append(np.full(lab.shape, clin[0, k] - self.clin_mean[k], np.float32))
+            keep.append(n_img + k)
+        out_idx = [j for j, (m, _) in enumerate(self._index) if m in targets]
+        pred = self.mu[out_idx][:, mask].astype(np.float64)  # (T, V)
+        if keep:
+            z = np.stack(feats, 1).astype(np.float64)  # (V, d)
+            keep_a = np.asarray(keep)
+            a = self.zz[:, keep_a][:, :, keep_a].astype(np.float64)  # (P, d, d)
+            b = self.zy[:, keep_a][:, :, out_idx].astype(np.float64)  # (P, d, T)
+            scale = np.trace(a, axis1=1, axis2=2) / len(keep_a) + 1e-6
+            a += (self.lam * scale)[:, None, None] * np.eye(len(keep_a))
+            beta = np.linalg.solve(a, b)  # (P, d, T)
+            pred += np.einsum('vd,vdt->tv', z, beta[lab])
+        result = {}
+        pos = 0
+        for t in targets:
+            n_ch = MODALITIES[t].n_channels
+            vol = np.zeros((n_ch,) + mask.shape, np.float32)
+            vol[:, mask] = pred[pos:pos + n_ch]
+            pos += n_ch
+            result[t] = Prediction(mean=vol, std=None, extra={'inputs_used': avail})
+        return result
+
+    # ------------------------------------------------------------------ storage
+    def card(self) -> dict:
+        return {
+            'method': 'regression',
+            'name': 'bids_synth-regression',
+            'modalities': list(self.modalities),
+            'channels': {m: list(MODALITIES[m].channels) for m in self.modalities},
+            'template': self.info.get('template', {}),
+            'clinical_schema': self.schema,
+            'architecture': {
+                'kind': 'voxelwise ridge, parcel-shared coefficients, sufficient statistics',
+                'parcel_mm': self.info['parcel_mm'],
+                'n_parcels': self.info['n_parcels'],
+                'ridge': self.lam,
+            },
+            'training_data': {k: self.info[k] for k in ('n_sessions', 'n_subjects')},
+            'fitted': self.info['fitted'],
+            **({'validation': self.info['validation']} if 'validation' in self.info else {}),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {
+            'mu': self.mu,
+            'labels': self.labels,
+            'mask': self.mask.astype(np.uint8),
+            'affine': self.affine.astype(np.float64),
+            'zz': self.zz,
+            'zy': self.zy,
+            'clin_mean': self.clin_mean,
+        }
+        card = self.card()
+        card['info'] = self.info
+        return save_model(path, tensors, card)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RegressionImputer:
+        tensors, card = load_model(path)
+        if card.get('method') != 'regression':
+            raise ModelError(f'{path}: not a regression model')
+        try:
+            return cls(
+                card['modalities'], tensors['mask'].astype(bool), tensors['affine'],
+                tensors['mu'], tensors['labels'], tensors['zz'], tensors['zy'],
+                card['clinical_schema'], card['architecture']['ridge'], card['info'],
+                tensors['clin_mean'],
+            )
+        except KeyError as exc:
+            raise ModelError(f'{path}: regression model lacks {exc}') from None

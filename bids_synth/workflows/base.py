@@ -1,0 +1,267 @@
+"""Top-level Nipype graphs of bids_synth.
+
+Organization (participant level), per subject and session::
+
+    conform_<mod>  (one per available input)  ──▶ merge_inputs ──▶ synth_<target> ──▶ ds_<target>
+    conform_<reference> ── transform, native grid ──▶ native_<target> ───────────────▶ ds_<target>
+                                                          ds_* ──▶ report (per subject)
+
+Inputs are found at graph-build time (``bids.layout.collect_sessions``, as fMRIPrep's
+``collect_data``), so nodes carry file names and the graph is known before anything runs. Only
+the top-level and single-subject builders read the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from ..bids.modalities import MODALITIES
+from ..interfaces.conform import ConformInput, ToNative
+from ..interfaces.derivatives import SynthDerivatives
+from ..interfaces.provenance import derive_seed
+from ..interfaces.reports import SubjectReport
+from ..interfaces.synthesis import FitModel, Synthesize
+
+__all__ = ['init_bids_synth_wf', 'init_single_subject_wf', 'init_session_synth_wf',
+           'init_group_wf', 'session_key']
+
+
+def session_key(inv) -> str:
+    return f'{inv.subject}/{inv.session}' if inv.session else inv.subject
+
+
+def _safe(label: str) -> str:
+    return ''.join(c if c.isalnum() else '_' for c in label)
+
+
+def init_bids_synth_wf(config, inventories, clinical, *, model: str, model_card: dict,
+                       targets_of) -> pe.Workflow:
+    """Participant level: one sub-workflow per subject.
+
+    Parameters
+    ----------
+    config : bids_synth.config.Config
+    inventories : list of SessionInventory
+        Sessions to process (already selected).
+    clinical : ClinicalTable
+    model : str
+        Model directory to use.
+    model_card : dict
+        Its card (modalities, template resolution, method).
+    targets_of : callable
+        ``targets_of(inventory) -> tuple`` of modalities to synthesize for a session.
+    """
+    wf = pe.Workflow(name='bids_synth_wf', base_dir=config.execution.work_dir)
+    by_subject: dict[str, list] = {}
+    for inv in inventories:
+        by_subject.setdefault(inv.subject, []).append(inv)
+    for subject, sessions in sorted(by_subject.items()):
+        sub_wf = init_single_subject_wf(
+            config, subject, sessions, clinical, model=model, model_card=model_card,
+            targets_of=targets_of,
+        )
+        if sub_wf is not None:
+            wf.add_nodes([sub_wf])
+    return wf
+
+
+def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_card,
+                           targets_of):
+    """All sessions of one subject, plus the subject's report. ``None`` if nothing to do."""
+    wf = pe.Workflow(name=f'sub_{_safe(subject)}_wf')
+    res = int(model_card['template'].get('res', 2))
+    entries = []
+    for inv in sessions:
+        targets = targets_of(inv)
+        if not targets:
+            continue
+        ses_wf = init_session_synth_wf(
+            inv,
+            targets=targets,
+            model=model,
+            model_modalities=tuple(model_card['modalities']),
+            clinical_values=clinical.for_session(inv.subject, inv.session),
+            res=res,
+            method=config.workflow.method,
+            seed=config.seeds.master,
+            num_samples=config.workflow.num_samples,
+            steps=config.workflow.steps,
+            sampler=config.workflow.sampler,
+            device=config.workflow.device,
+            bids_dir=config.execution.bids_dir,
+            output_dir=config.execution.output_dir,
+            omp_nthreads=config.nipype.omp_nthreads,
+        )
+        entries.append((inv, ses_wf, targets))
+    if not entries:
+        return None
+    n_out = sum(len(t) for _, _, t in entries)
+    merge_outputs = pe.Node(niu.Merge(n_out), name='merge_outputs')
+    report = pe.Node(
+        SubjectReport(subject=subject, output_dir=config.execution.output_dir,
+                      bids_dir=config.execution.bids_dir),
+        name='report',
+    )
+    idx = 1
+    for inv, ses_wf, targets in entries:
+        for target in targets:
+            wf.connect([(ses_wf, merge_outputs, [(f'outputnode.{target}', f'in{idx}')])])  # fmt:skip
+            idx += 1
+    if config.execution.reports:
+        wf.connect([(merge_outputs, report, [('out', 'records')])])  # fmt:skip
+    else:
+        wf.add_nodes([merge_outputs])
+    return wf
+
+
+def init_session_synth_wf(
+    inv,
+    *,
+    targets,
+    model,
+    model_modalities,
+    clinical_values,
+    res,
+    method,
+    seed,
+    num_samples,
+    steps,
+    sampler,
+    device,
+    bids_dir,
+    output_dir,
+    omp_nthreads=1,
+    name=None,
+):
+    """Synthesize the missing ``targets`` of one session.
+
+    Outputs
+    -------
+    outputnode.<target>
+        JSON record (path) of each synthesized target: files written and provenance.
+    """
+    name = name or f'ses_{_safe(inv.session or "none")}_wf'
+    wf = pe.Workflow(name=name)
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(targets)), name='outputnode')
+
+    ref = inv.reference
+    inputs = [m for m in inv.available if m in model_modalities]
+    conform_nodes = {}
+    for mod in dict.fromkeys(inputs + [ref.modality]):
+        f = inv.files[mod]
+        node = pe.Node(
+            ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
+                         omp_nthreads=omp_nthreads),
+            name=f'conform_{mod}', n_procs=omp_nthreads,
+        )
+        conform_nodes[mod] = node
+    merge_inputs = pe.Node(niu.Merge(max(1, len(inputs))), name='merge_inputs')
+    for i, mod in enumerate(inputs, start=1):
+        wf.connect([(conform_nodes[mod], merge_inputs, [('out_file', f'in{i}')])])  # fmt:skip
+
+    use_gpu = device in ('cuda', 'auto')
+    for target in targets:
+        synth = pe.Node(
+            Synthesize(
+                in_modalities=inputs, target=target, clinical=_plain(clinical_values),
+                model=model, method=method or '',
+                seed=derive_seed(seed, inv.subject, inv.session or '', target),
+                num_samples=num_samples, steps=steps, sampler=sampler or '', device=device,
+                use_gpu=use_gpu and method != 'regression', subject=inv.subject,
+                session=inv.session or '', res=res,
+            ),
+            name=f'synth_{target}', mem_gb=2,
+        )
+        native = pe.Node(ToNative(res=res), name=f'native_{target}')
+        native_std = pe.Node(ToNative(res=res), name=f'native_std_{target}')
+        ds = pe.Node(
+            SynthDerivatives(
+                subject=inv.subject, session=inv.session or '', target=target,
+                output_dir=output_dir, bids_dir=bids_dir, res=res,
+                source_files=[inv.files[m].path for m in inputs],
+                reference_file=ref.path,
+                source_metadata=_plain({m: inv.files[m].metadata for m in inputs}),
+            ),
+            name=f'ds_{target}', run_without_submitting=True,
+        )
+        if inputs:
+            wf.connect([(merge_inputs, synth, [('out', 'in_files')])])  # fmt:skip
+        wf.connect([
+            (synth, native, [('out_file', 'in_file')]),
+            (conform_nodes[ref.modality], native, [('transform', 'transform'),
+                                                   ('native_reference', 'native_reference')]),
+            (synth, ds, [('out_file', 'template_file'), ('provenance', 'provenance')]),
+            (native, ds, [('out_file', 'native_file')]),
+            (ds, outputnode, [('out_record', target)]),
+        ])  # fmt:skip
+        if num_samples > 1:
+            wf.connect([
+                (synth, native_std, [('out_std', 'in_file')]),
+                (conform_nodes[ref.modality], native_std, [
+                    ('transform', 'transform'), ('native_reference', 'native_reference')]),
+                (synth, ds, [('out_std', 'template_std')]),
+                (native_std, ds, [('out_file', 'native_std')]),
+            ])  # fmt:skip
+    return wf
+
+
+def init_group_wf(config, inventories, clinical, *, method, modalities, res, model_dir,
+                  init_from=None) -> pe.Workflow:
+    """Group level: conform every usable input of every session, then fit one model."""
+    wf = pe.Workflow(name='bids_synth_group_wf', base_dir=config.execution.work_dir)
+    files, mods, keys, clinical_by_key = [], [], [], {}
+    conform = []
+    for inv in inventories:
+        key = session_key(inv)
+        clinical_by_key[key] = _plain(clinical.for_session(inv.subject, inv.session))
+        for mod in inv.available:
+            if mod not in modalities:
+                continue
+            f = inv.files[mod]
+            node = pe.Node(
+                ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
+                             omp_nthreads=config.nipype.omp_nthreads),
+                name=f'conform_{_safe(key)}_{mod}', n_procs=config.nipype.omp_nthreads,
+            )
+            conform.append(node)
+            mods.append(mod)
+            keys.append(key)
+    if not conform:
+        from ..errors import NoMatchError
+
+        raise NoMatchError('group level: no readable input of the selected modalities')
+    merge = pe.Node(niu.Merge(len(conform)), name='merge_conformed')
+    for i, node in enumerate(conform, start=1):
+        wf.connect([(node, merge, [('out_file', f'in{i}')])])  # fmt:skip
+    fit = pe.Node(
+        FitModel(
+            in_modalities=mods, in_sessions=keys, clinical=clinical_by_key,
+            clinical_schema=clinical.schema(), modalities=list(modalities), method=method,
+            out_dir=str(model_dir), init_from=str(init_from or ''), res=res,
+            seed=config.seeds.master, train_steps=config.workflow.train_steps,
+            use_gpu=method == 'diffusion' and config.workflow.device != 'cpu',
+            device=config.workflow.device,
+        ),
+        name='fit_model', n_procs=config.nipype.omp_nthreads,
+    )
+    wf.connect([(merge, fit, [('out', 'in_files')])])  # fmt:skip
+    return wf
+
+
+def _plain(obj):
+    """Make metadata JSON-plain (numpy scalars, paths) for node inputs and hashing."""
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, 'item')
+                                 else str(o)))
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / 'data' / 'default_model'
+
+
+def known_modalities() -> tuple[str, ...]:
+    return tuple(MODALITIES)
