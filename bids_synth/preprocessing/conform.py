@@ -1,0 +1,362 @@
+"""Conform an input to the model's template grid, and bring model outputs back to native space.
+
+``conform``: native representation (:mod:`.derived`) -> affine registration of its reference
+image to the template (antspyx: centre-of-mass initialization, rigid then affine, Mattes mutual
+information) -> the same transform applied to every channel (linear) -> normalization
+(:mod:`.intensity`). ``to_native`` applies the inverse transform onto the native reference grid.
+
+Registration works in the files' physical space: ANTs reads the NIfTI affines (oblique, LPS or
+RAS alike), so no reorientation step is needed. Transforms are ANTs ``.mat`` files with a JSON
+sidecar, so Nipype nodes pass file names (:meth:`Transform.from_path`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..bids.modalities import MODALITIES
+from ..errors import DataError
+from .derived import representation_native
+from .intensity import normalize
+
+__all__ = [
+    'Transform',
+    'ConformResult',
+    'fixed_image',
+    'register_to_template',
+    'apply_to_template',
+    'conform',
+    'to_native',
+    'save_conformed',
+    'load_conformed',
+]
+
+#: ants ``type_of_transform`` per stage (rigid, then affine initialized by the rigid result).
+STAGES = ('Rigid', 'Affine')
+_AFF_KW = {
+    'aff_metric': 'mattes',
+    'aff_sampling': 32,
+    'aff_random_sampling_rate': 0.15,
+    'smoothing_in_mm': False,
+}
+
+
+def _pyramid(res: int, rigid: bool) -> dict:
+    """Multi-resolution schedule from about 8 mm down to ``res`` (rigid: down to 2 * res)."""
+    levels = max(1, int(np.log2(8 / res)) + 1)
+    shrink = tuple(2 ** i for i in reversed(range(levels)))
+    sigmas = tuple(float(s) for s in reversed(range(levels)))
+    iters = (500, 200, 100, 30)[-levels:]
+    if rigid and levels > 1:
+        shrink, sigmas, iters = shrink[:-1], sigmas[:-1], iters[:-1]
+    return {'aff_shrink_factors': shrink, 'aff_smoothing_sigmas': sigmas,
+            'aff_iterations': iters}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """An affine native -> template transform stored as an ANTs ``.mat`` file.
+
+    ``path`` maps points of the template to the native image (ANTs convention); ANTs resamples
+    a native image onto the template with it (``forward``) and a template image onto the
+    native grid with its inverse.
+
+    Attributes
+    ----------
+    path : str
+        The ANTs ``.mat`` file (a JSON sidecar ``<path>.json`` holds the rest).
+    template : str
+    res : int
+    modality : str
+    fixed : str
+        The fixed (template) image the registration used, on the model grid.
+    seconds : float
+        Registration wall time.
+    """
+
+    path: str
+    template: str
+    res: int
+    modality: str
+    fixed: str
+    seconds: float = 0.0
+
+    def save(self) -> str:
+        """Write the JSON sidecar; return the ``.mat`` path (what Nipype nodes pass on)."""
+        Path(self.path + '.json').write_text(json.dumps(asdict(self), indent=2))
+        return self.path
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> Transform:
+        """Reload a transform from its ``.mat`` path."""
+        path = str(path)
+        side = Path(path + '.json')
+        if not Path(path).is_file() or not side.is_file():
+            raise DataError(f'{path}: transform file or its JSON sidecar is missing')
+        info = json.loads(side.read_text())
+        info['path'] = path
+        return cls(**info)
+
+    def matrix(self) -> np.ndarray:
+        """The 3x3 linear part (ANTs/ITK LPS convention), shape (3, 3)."""
+        import ants
+
+        tx = ants.read_transform(self.path)
+        return np.asarray(tx.parameters[:9], dtype=float).reshape(3, 3)
+
+
+@dataclass
+class ConformResult:
+    """What ``conform`` returns.
+
+    Attributes
+    ----------
+    array : ndarray, shape (C, X, Y, Z), float32
+        Normalized representation on the model grid.
+    transform : Transform
+    native_reference : str
+        The saved 3D native reference image (the grid ``to_native`` writes onto).
+    """
+
+    array: np.ndarray
+    transform: Transform
+    native_reference: str
+
+
+def _threads(omp_nthreads: int) -> None:
+    os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] = str(max(1, int(omp_nthreads)))
+
+
+def fixed_image(template, family: str) -> np.ndarray:
+    """The registration target for a modality family, shape (X, Y, Z), float32.
+
+    The template T1w for every family: nilearn's MNI152 2009a T1w is already brain-extracted,
+    and Mattes mutual information copes with the contrast differences (see the module tests
+    and the conform report for the measurements).
+    """
+    del family  # same target for every family (measured; kept as a hook)
+    return np.asarray(template.t1, dtype=np.float32)
+
+
+def _write(img: nib.Nifti1Image, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name('.tmp-' + path.name)
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def _fixed_file(template, family: str, work_dir: Path) -> str:
+    path = work_dir / f'fixed_{template.name}_res-{template.res}_{family}.nii.gz'
+    if not path.is_file():
+        _write(template.img(fixed_image(template, family)), path)
+    return str(path)
+
+
+def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, template, *,
+                         modality: str = 'T1w', modality_family: str | None = None,
+                         omp_nthreads: int = 1, work_dir: str | os.PathLike,
+                         name: str = 'reference') -> Transform:
+    """Affine registration of a 3D native image to the template (antspyx).
+
+    Parameters
+    ----------
+    reference_img : Nifti1Image or path, shape (X, Y, Z)
+        The native reference (any orientation; the affine is honoured).
+    template : TemplateSpec
+    modality : str
+        Registry key (recorded; selects the family when ``modality_family`` is None).
+    modality_family : str, optional
+    omp_nthreads : int
+        ITK threads.
+    work_dir : path-like
+        Where the transform (``<name>_to-<template>_affine.mat`` + JSON) is written.
+
+    Returns
+    -------
+    Transform
+
+    Raises
+    ------
+    DataError
+        If ANTs fails or returns a degenerate transform; the message names the input.
+    """
+    import ants
+
+    _threads(omp_nthreads)
+    family = modality_family or MODALITIES[modality].family
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(reference_img, nib.Nifti1Image | nib.Nifti2Image):
+        src = _write(reference_img, work_dir / f'{name}_native.nii.gz')
+        label = reference_img.get_filename() or src
+    else:
+        src = label = str(reference_img)
+    fixed_path = _fixed_file(template, family, work_dir)
+    out = work_dir / f'{name}_to-{template.name}_res-{template.res}_affine.mat'
+    t0 = time.perf_counter()
+    try:
+        fixed = ants.image_read(fixed_path)
+        moving = ants.image_read(src).clone('float')
+        if min(moving.spacing) < 0.9 * template.res:
+            # registration works in physical space: a grid near the template's is enough
+            moving = ants.resample_image(moving, (float(template.res),) * 3, use_voxels=False,
+                                         interp_type=0)
+        prefix = str(work_dir / f'{name}_ants_')
+        rigid = ants.registration(fixed, moving, type_of_transform=STAGES[0],
+                                  outprefix=prefix + 'rigid_',
+                                  **_AFF_KW, **_pyramid(int(template.res), True))
+        affine = ants.registration(fixed, moving, type_of_transform=STAGES[1],
+                                   initial_transform=rigid['fwdtransforms'][0],
+                                   outprefix=prefix + 'affine_',
+                                   **_AFF_KW, **_pyramid(int(template.res), False))
+        mat = affine['fwdtransforms'][-1]
+        if len(affine['fwdtransforms']) != 1:
+            raise RuntimeError(f'expected one affine transform, got {affine["fwdtransforms"]}')
+        os.replace(mat, out)
+    except DataError:
+        raise
+    except Exception as exc:  # ANTs raises RuntimeError/ValueError with C++ messages
+        raise DataError(f'{label}: registration to {template.name} failed: {exc}') from exc
+    tx = Transform(path=str(out), template=template.name, res=int(template.res),
+                   modality=modality, fixed=fixed_path, seconds=time.perf_counter() - t0)
+    det = float(np.linalg.det(tx.matrix()))
+    if not np.isfinite(det) or not 0.2 < abs(det) < 5.0:
+        raise DataError(f'{label}: registration to {template.name} failed: degenerate affine '
+                        f'(determinant {det:.3g})')
+    tx.save()
+    return tx
+
+
+def apply_to_template(img: nib.Nifti1Image, template, transform: Transform, *,
+                      interpolator: str = 'linear') -> np.ndarray:
+    """Resample a native image (3D or 4D, channels last) onto the model grid.
+
+    Returns
+    -------
+    ndarray, shape (C, X, Y, Z), float32
+    """
+    import ants
+
+    fixed = ants.image_read(transform.fixed)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    chans = data[..., None] if data.ndim == 3 else data
+    ref_hdr = nib.Nifti1Image(np.zeros(chans.shape[:3], np.float32), img.affine)
+    ref_file = Path(transform.path).with_suffix('.grid.nii.gz')
+    moving_ref = ants.image_read(_write(ref_hdr, ref_file))
+    out = []
+    for c in range(chans.shape[3]):
+        moving = moving_ref.new_image_like(np.ascontiguousarray(chans[..., c]))
+        warped = ants.apply_transforms(fixed, moving, [transform.path],
+                                       interpolator=interpolator)
+        out.append(warped.numpy().astype(np.float32))
+    return np.stack(out)
+
+
+def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str | os.PathLike,
+            metadata: dict | None = None, omp_nthreads: int = 1) -> ConformResult:
+    """Native image -> normalized model representation on the template grid.
+
+    Parameters
+    ----------
+    in_file : path-like
+        Raw BIDS image.
+    modality : str
+        Registry key.
+    template : TemplateSpec
+    work_dir : path-like
+        Receives the native reference, the transform and intermediate files.
+    metadata : dict, optional
+        BIDS sidecar (``_bval``/``_bvec`` for dwi).
+    omp_nthreads : int
+
+    Returns
+    -------
+    ConformResult
+        ``array`` of shape (C, X, Y, Z) with C = ``MODALITIES[modality].n_channels``.
+    """
+    work_dir = Path(work_dir)
+    channels, reference = representation_native(in_file, modality, metadata)
+    ref_path = _write(reference, work_dir / 'native_reference.nii.gz')
+    try:
+        transform = register_to_template(ref_path, template, modality=modality,
+                                         omp_nthreads=omp_nthreads, work_dir=work_dir)
+    except DataError as exc:
+        raise DataError(str(exc).replace(ref_path, str(in_file))) from exc
+    array = apply_to_template(channels, template, transform)
+    try:
+        array = normalize(array, modality, template)
+    except DataError as exc:
+        raise DataError(f'{in_file}: {exc}') from exc
+    return ConformResult(array=array, transform=transform, native_reference=ref_path)
+
+
+def to_native(array: np.ndarray, template, transform: Transform,
+              native_reference_img: nib.Nifti1Image | str | os.PathLike, *,
+              interpolator: str = 'linear') -> nib.Nifti1Image:
+    """Resample a model-grid array onto the native reference grid (inverse transform).
+
+    Parameters
+    ----------
+    array : ndarray, shape (C, X, Y, Z) or (X, Y, Z)
+    template : TemplateSpec
+    transform : Transform or path
+    native_reference_img : Nifti1Image or path, shape (x, y, z)
+
+    Returns
+    -------
+    Nifti1Image, shape (x, y, z) if C == 1 else (x, y, z, C), float32, native affine.
+    """
+    import ants
+
+    if not isinstance(transform, Transform):
+        transform = Transform.from_path(transform)
+    if isinstance(native_reference_img, str | os.PathLike):
+        ref_path = str(native_reference_img)
+        ref_nib = nib.load(ref_path)
+    else:
+        ref_nib = native_reference_img
+        ref_path = _write(nib.Nifti1Image(np.zeros(ref_nib.shape[:3], np.float32),
+                                          ref_nib.affine),
+                          Path(transform.path).with_suffix('.native.nii.gz'))
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    if array.shape[1:] != tuple(template.shape):
+        raise ValueError(f'array of shape {array.shape} is not on the {template.shape} grid')
+    native = ants.image_read(ref_path)
+    fixed = ants.image_read(transform.fixed)
+    out = []
+    for c in range(array.shape[0]):
+        moving = fixed.new_image_like(np.ascontiguousarray(array[c]))
+        warped = ants.apply_transforms(native, moving, [transform.path], whichtoinvert=[True],
+                                       interpolator=interpolator)
+        out.append(warped.numpy().astype(np.float32))
+    data = out[0] if len(out) == 1 else np.stack(out, axis=-1)
+    img = nib.Nifti1Image(data, ref_nib.affine)
+    img.header.set_xyzt_units('mm')
+    return img
+
+
+def save_conformed(result: ConformResult | np.ndarray, path: str | os.PathLike,
+                   template) -> str:
+    """Write a conformed array as a 4D NIfTI on the model grid (channels last)."""
+    array = result.array if isinstance(result, ConformResult) else np.asarray(result)
+    return _write(template.img(np.asarray(array, dtype=np.float32)), Path(path))
+
+
+def load_conformed(path: str | os.PathLike, template=None) -> np.ndarray:
+    """Read a file of :func:`save_conformed`; shape (C, X, Y, Z), float32."""
+    img = nib.load(str(path))
+    if template is not None and (img.shape[:3] != tuple(template.shape)
+                                 or not np.allclose(img.affine, template.affine)):
+        raise DataError(f'{path}: not on the {template.name} res-{template.res} model grid')
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    return data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
