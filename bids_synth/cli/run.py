@@ -1,0 +1,271 @@
+"""``bids_synth`` entry point: parse, check, build the graph, run it, report.
+
+Errors are one line on stderr naming the file and the problem, with the BIDS-Apps exit code of
+:mod:`bids_synth.errors`; ``-v`` adds the traceback. Inputs are never written to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..errors import BIDSSynthError, EX_SOFTWARE, NoInputError
+
+__all__ = ['main']
+
+LOGGER = logging.getLogger('bids_synth')
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.INFO if verbose == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(asctime)s [bids_synth] %(message)s', '%H:%M:%S'))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
+
+
+def _error(msg: str) -> None:
+    print(f'bids_synth: error: {msg}', file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return (and, as a console script, exit with) the exit code."""
+    os.environ.setdefault('NIPYPE_NO_ET', '1')  # no telemetry ping: we run offline
+    from ..config import Config
+    from .parser import parse_args
+
+    verbose = 0
+    try:
+        opts = parse_args(argv)
+        verbose = opts.get('verbose', 0)
+        _setup_logging(verbose)
+        config = Config.from_options(opts)
+        code = run(config)
+    except BIDSSynthError as exc:
+        if verbose:
+            LOGGER.exception('traceback (-v)')
+        _error(str(exc))
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _error('interrupted; rerun with the same --work-dir to resume')
+        code = 130
+    except SystemExit as exc:  # --help / --version
+        code = exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, traceback with -v
+        if verbose:
+            LOGGER.exception('traceback (-v)')
+        _error(f'unexpected {type(exc).__name__}: {exc} (rerun with -v for the traceback)')
+        code = EX_SOFTWARE
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def run(config) -> int:
+    """Run a parsed configuration; return the exit code."""
+    from ..bids.clinical import load_clinical
+    from ..bids.derivatives import check_output_dirs
+    from ..bids.layout import collect_sessions, describe_inventory, load_layout
+    from ..bids.modalities import MODALITIES
+    from ..preprocessing.templates import ensure_templateflow_home
+
+    ex, wfc = config.execution, config.workflow
+    bids_dir = Path(ex.bids_dir)
+    if not bids_dir.is_dir():
+        raise NoInputError(f'{bids_dir}: input BIDS dataset not found')
+    if not ex.dry_run:
+        check_output_dirs(bids_dir, ex.output_dir, ex.work_dir)
+    if not ex.skip_bids_validation:
+        _validate_input(bids_dir)
+    t0 = time.monotonic()
+    layout = load_layout(bids_dir, ex.bids_database_dir or None)
+    clinical = load_clinical(bids_dir, wfc.clinical_columns or None)
+    inventories = collect_sessions(
+        layout,
+        participant_labels=ex.participant_label or None,
+        session_labels=ex.session_label or None,
+        bids_filters=ex.bids_filters or None,
+    )
+    LOGGER.info('indexed %d session(s) in %.1f s', len(inventories), time.monotonic() - t0)
+    n_bad = 0
+    for inv in inventories:
+        for mod, reason in inv.unreadable.items():
+            n_bad += 1
+            _error(f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
+                   + ('synthesizing it as missing)' if ex.unreadable_as_missing
+                      else 'left alone, the other modalities and subjects go on)'))
+    targets = tuple(wfc.modalities) or tuple(MODALITIES)
+    if ex.dry_run:
+        print(describe_inventory(inventories, targets))
+        return 0
+    ensure_templateflow_home()
+    if ex.analysis_level == 'group':
+        code = _run_group(config, inventories, clinical)
+    else:
+        code = _run_participant(config, inventories, clinical, targets)
+    if code == 0 and n_bad and not ex.unreadable_as_missing:
+        from ..errors import DataError
+
+        code = DataError.exit_code
+    return code
+
+
+def _validate_input(bids_dir: Path) -> None:
+    from ..bids.validation import validate_dataset
+    from ..errors import ValidationFailedError
+
+    result = validate_dataset(bids_dir)
+    if not result.ran:
+        LOGGER.info('bids-validator-deno not installed: input not validated')
+        return
+    if not result.ok:
+        first = '; '.join(result.errors[:3])
+        raise ValidationFailedError(
+            f'{bids_dir}: BIDS validation failed with {len(result.errors)} error(s): {first} '
+            '(use --skip-bids-validation to go on anyway)'
+        )
+
+
+def _resolve_model(config) -> tuple[str, dict]:
+    from ..models.checkpoint import read_card
+    from ..workflows.base import default_model_dir
+
+    wfc = config.workflow
+    if wfc.model:
+        path = Path(wfc.model)
+    else:
+        models = Path(config.execution.output_dir) / 'models'
+        candidates = [models / wfc.method] if wfc.method else [models / 'diffusion',
+                                                                models / 'regression']
+        path = next((c for c in candidates if (c / 'model_card.json').is_file()), None)
+        if path is None:
+            if wfc.method == 'regression':
+                raise NoInputError(
+                    f'{models / "regression"}: no regression model; run the group level with '
+                    '--method regression first, or pass --model'
+                )
+            path = default_model_dir()
+    card = read_card(path)
+    if wfc.method and card['method'] != wfc.method:
+        from ..errors import UsageError
+
+        raise UsageError(f'{path}: a {card["method"]} model, but --method {wfc.method}')
+    wfc.method = card['method']
+    LOGGER.info('model: %s (%s, %s)', path, card['method'], card.get('name'))
+    return str(path), card
+
+
+def _run_participant(config, inventories, clinical, targets) -> int:
+    from ..bids.derivatives import write_bidsignore, write_dataset_description
+    from ..workflows.base import init_bids_synth_wf
+
+    ex = config.execution
+    model, card = _resolve_model(config)
+    known = set(card['modalities'])
+
+    def targets_of(inv):
+        wanted = list(inv.missing(targets))
+        if ex.unreadable_as_missing:
+            wanted += [t for t in inv.unreadable if t in targets]
+        return tuple(t for t in targets if t in wanted and t in known)
+
+    unknown = [t for t in targets if t not in known]
+    if config.workflow.modalities and unknown:
+        LOGGER.warning('the model cannot synthesize %s; skipped', ', '.join(unknown))
+    out = Path(ex.output_dir)
+    write_dataset_description(out, ex.bids_dir, version=__version__)
+    write_bidsignore(out)
+    todo = [inv for inv in inventories if targets_of(inv) and inv.reference is not None]
+    if not todo:
+        LOGGER.info('nothing to synthesize: every selected session has its target modalities')
+        return 0
+    for inv in todo:
+        LOGGER.info('%s: synthesizing %s from %s', inv.label, ', '.join(targets_of(inv)),
+                    ', '.join(m for m in inv.available if m in known) or 'clinical data only')
+    wf = init_bids_synth_wf(config, todo, clinical, model=model, model_card=card,
+                            targets_of=targets_of)
+    return _execute(config, wf)
+
+
+def _run_group(config, inventories, clinical) -> int:
+    from ..bids.derivatives import write_bidsignore, write_dataset_description
+    from ..bids.modalities import DEFAULT_TARGETS
+    from ..reports.core import group_report
+    from ..workflows.base import init_group_wf
+
+    ex, wfc = config.execution, config.workflow
+    method = wfc.method or 'diffusion'
+    modalities = tuple(wfc.modalities) or DEFAULT_TARGETS
+    res = wfc.res or 2
+    if method == 'diffusion' and not wfc.res:
+        from ..training.diffusion import DEFAULT_RES
+
+        res = DEFAULT_RES
+    out = Path(ex.output_dir)
+    write_dataset_description(out, ex.bids_dir, version=__version__)
+    write_bidsignore(out)
+    model_dir = out / 'models' / method
+    usable = [inv for inv in inventories if inv.available]
+    wf = init_group_wf(config, usable, clinical, method=method, modalities=modalities, res=res,
+                       model_dir=model_dir, init_from=wfc.model or None)
+    code = _execute(config, wf)
+    if code == 0:
+        report = group_report(out, model_dir)
+        LOGGER.info('model written to %s; report %s', model_dir, report)
+    return code
+
+
+def _execute(config, wf) -> int:
+    """Run a graph with the configured plugin; one line per crashed node; exit code."""
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    ex, nip = config.execution, config.nipype
+    logdir = Path(ex.output_dir) / 'logs' / ex.run_id
+    logdir.mkdir(parents=True, exist_ok=True)
+    config.to_filename(logdir / 'bids_synth.toml')
+    exec_cfg = {
+        'crashdump_dir': str(logdir),
+        'crashfile_format': 'txt',
+        'stop_on_first_crash': nip.stop_on_first_crash,
+        'check_version': False,
+        'remove_unnecessary_outputs': False,
+        'poll_sleep_duration': 0.5 if nip.plugin == 'MultiProc' else 2,
+    }
+    ncfg.update_config({'execution': exec_cfg, 'monitoring': {'enabled': False}})
+    level = 'INFO' if ex.verbose else 'WARNING'
+    for name in ('nipype.workflow', 'nipype.interface', 'nipype.utils'):
+        ncfg.set('logging', name.split('.')[1] + '_level', level)
+    nlogging.update_logging(ncfg)
+    wf.config['execution'].update(exec_cfg)
+    if ex.write_graph:
+        wf.write_graph(graph2use='colored', format='svg', simple_form=True)
+    t0 = time.monotonic()
+    try:
+        wf.run(plugin=nip.plugin, plugin_args=nip.resolved_plugin_args())
+    except RuntimeError as exc:
+        crashes = sorted(logdir.glob('crash-*.txt'))
+        for crash in crashes:
+            _error(f'{_crash_summary(crash)} (details: {crash})')
+        if not crashes:
+            _error(f'the workflow failed: {exc}')
+        return EX_SOFTWARE
+    LOGGER.info('finished in %.1f s; outputs in %s', time.monotonic() - t0, ex.output_dir)
+    return 0
+
+
+def _crash_summary(crash: Path) -> str:
+    """``node <name>: <last line of the traceback>`` from a Nipype text crash file."""
+    text = crash.read_text(errors='replace').splitlines()
+    node = next((ln.split(':', 1)[1].strip() for ln in text if ln.startswith('Node:')), '?')
+    last = next((ln.strip() for ln in reversed(text) if ln.strip()), 'failed')
+    for ln in reversed(text):  # prefer our own one-line errors
+        if 'Error: ' in ln and ('bids_synth' in ln or '/' in ln):
+            last = ln.strip()
+            break
+    return f'node {node}: {last}'

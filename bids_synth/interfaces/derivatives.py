@@ -1,0 +1,213 @@
+"""The derivatives sink: write one synthesized modality (both spaces) with its sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+__all__ = ['SynthDerivatives', 'write_synth_outputs', 'NOMINAL_BOLD_TR']
+
+#: Repetition time written into synthesized bold headers and sidecars: the volumes are
+#: segment means (model representation), not time points, so the value is nominal.
+NOMINAL_BOLD_TR = 2.0
+#: Nominal b-value of the diffusion-weighted segment means (the training data's shell).
+NOMINAL_BVALUE = 1000
+
+
+class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
+    template_file = File(exists=True, mandatory=True, desc='synthesized, template space')
+    native_file = File(exists=True, mandatory=True, desc='synthesized, native space')
+    template_std = File(exists=True, desc='std over samples, template space')
+    native_std = File(exists=True, desc='std over samples, native space')
+    provenance = File(exists=True, mandatory=True)
+    subject = traits.Str(mandatory=True)
+    session = traits.Str('', usevalue=True)
+    target = traits.Str(mandatory=True)
+    output_dir = traits.Str(mandatory=True)
+    bids_dir = traits.Str(mandatory=True)
+    res = traits.Int(2, usevalue=True)
+    source_files = traits.List(traits.Str, desc='raw inputs given to the model')
+    source_metadata = traits.Dict(desc='modality -> sidecar metadata of the inputs')
+    reference_file = traits.Str(mandatory=True, desc='raw native reference image')
+
+
+class _SynthDerivativesOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str)
+    out_record = File(exists=True, desc='JSON record for the report')
+
+
+class SynthDerivatives(SimpleInterface):
+    """Write the BIDS-Derivatives files of one synthesized modality (atomic writes)."""
+
+    input_spec = _SynthDerivativesInputSpec
+    output_spec = _SynthDerivativesOutputSpec
+
+    def _run_interface(self, runtime):
+        with open(self.inputs.provenance) as f:
+            prov = json.load(f)
+        record = write_synth_outputs(
+            output_dir=self.inputs.output_dir,
+            bids_dir=self.inputs.bids_dir,
+            subject=self.inputs.subject,
+            session=self.inputs.session or None,
+            target=self.inputs.target,
+            res=self.inputs.res,
+            images={
+                'template': self.inputs.template_file,
+                'native': self.inputs.native_file,
+                'template_std': _opt(self.inputs.template_std),
+                'native_std': _opt(self.inputs.native_std),
+            },
+            provenance=prov,
+            source_files=list(self.inputs.source_files),
+            reference_file=self.inputs.reference_file,
+        )
+        out_record = os.path.join(runtime.cwd, 'record.json')
+        with open(out_record, 'w') as f:
+            json.dump(record, f, indent=2)
+        self._results['out_files'] = sorted(record['files'].values())
+        self._results['out_record'] = out_record
+        return runtime
+
+
+def _opt(value):
+    return value if isdefined(value) and value else None
+
+
+def _split_channels(target: str, img):
+    """Split a model representation into the main image and extra maps (BEP012/BEP016).
+
+    Returns ``(main_img, {map_name: img})``: bold keeps its segment means as volumes and moves
+    ALFF/fALFF to ``stat-<name>_boldmap``; dwi keeps b0 and the segment means and moves FA/MD to
+    ``model-tensor_param-<name>_dwimap``.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from ..bids.modalities import MODALITIES
+
+    channels = MODALITIES[target].channels
+    if len(channels) == 1:
+        return img, {}
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 3:
+        data = data[..., None]
+    main = [i for i, c in enumerate(channels) if c == 'b0' or c.startswith('seg')]
+    maps = {c: i for i, c in enumerate(channels) if i not in main}
+    hdr = img.header.copy()
+    main_img = nib.Nifti1Image(data[..., main], img.affine, hdr)
+    map_imgs = {c: nib.Nifti1Image(data[..., i], img.affine) for c, i in maps.items()}
+    return main_img, map_imgs
+
+
+def _set_tr(img, tr: float):
+    hdr = img.header
+    zooms = hdr.get_zooms()
+    hdr.set_zooms(tuple(zooms[:3]) + (tr,) * (len(zooms) - 3))
+    hdr.set_xyzt_units('mm', 'sec')
+    return img
+
+
+def write_synth_outputs(
+    *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
+    reference_file,
+) -> dict:
+    """Write every file of one synthesized modality; return the record (paths relative)."""
+    import nibabel as nib
+
+    from ..bids.derivatives import (
+        bids_uri,
+        derivative_path,
+        write_json_atomic,
+        write_nifti_atomic,
+        write_text_atomic,
+    )
+    from ..bids.modalities import MODALITIES, from_bids_entities
+
+    mod = MODALITIES[target]
+    out = Path(output_dir)
+    used = set(provenance.get('inputs_used', []))
+    sources = []
+    for path in source_files:
+        from bids.layout import parse_file_entities
+
+        ents = parse_file_entities(path)
+        ents['datatype'] = Path(path).parent.name
+        if from_bids_entities(ents) in used:
+            sources.append(bids_uri(bids_dir, path))
+    n_samples = provenance.get('num_samples', 1)
+    inputs_txt = ', '.join(sorted(used)) or 'no image (clinical values and the cohort prior only)'
+    base = {
+        'Description': (
+            f'{target} synthesized by bids_synth ({provenance.get("method")}) from '
+            f'{inputs_txt}; mean of {n_samples} sample(s). Not acquired: an imputation. '
+            f'Intensities are in the model representation: {mod.description}.'
+        ),
+        'Sources': sources,
+        'SkullStripped': True,
+    }
+    record = {'subject': subject, 'session': session, 'target': target, 'files': {},
+              'source_files': [p for p in source_files], 'provenance': provenance}
+    for kind in ('template', 'native', 'template_std', 'native_std'):
+        src = images.get(kind)
+        if not src:
+            continue
+        space = 'MNI152NLin2009aSym' if kind.startswith('template') else None
+        desc = 'synthstd' if kind.endswith('std') else 'synth'
+        img = nib.load(src)
+        main, maps = _split_channels(target, img)
+        side = dict(base)
+        if desc == 'synthstd':
+            side['Description'] = (f'Voxelwise standard deviation over the {n_samples} samples '
+                                   f'of the synthesized {target} (uncertainty).')
+        if space:
+            side['SpatialReference'] = {'URI': f'https://templateflow.org/{space}'}
+            side['Resolution'] = {str(res): f'{res} mm isotropic model grid of bids_synth'}
+        else:
+            side['SpatialReference'] = {'URI': bids_uri(bids_dir, reference_file)}
+        if mod.family == 'fmri':
+            _set_tr(main, NOMINAL_BOLD_TR)
+            side['TaskName'] = 'rest'
+            side['RepetitionTime'] = NOMINAL_BOLD_TR
+            side['VolumeContents'] = [c for c in mod.channels if c.startswith('seg')]
+        if mod.family == 'dmri':
+            side['VolumeContents'] = [c for c in mod.channels if c == 'b0' or c.startswith('seg')]
+        side['bids_synth'] = dict(provenance, space=space or 'native', output=kind)
+        path = derivative_path(out, subject=subject, session=session, modality=target,
+                               space=space, res=res if space else None, desc=desc)
+        write_nifti_atomic(main, path)
+        write_json_atomic(side, path.with_name(path.name.replace('.nii.gz', '.json')))
+        record['files'][kind] = str(path.relative_to(out))
+        if mod.family == 'dmri':
+            n_seg = main.shape[-1] - 1
+            bvals = [0] + [NOMINAL_BVALUE] * n_seg
+            write_text_atomic(' '.join(map(str, bvals)) + '\n', path.with_suffix('').with_suffix(
+                '.bval'))
+            zeros = ' '.join(['0'] * len(bvals))
+            write_text_atomic('\n'.join([zeros] * 3) + '\n',
+                              path.with_suffix('').with_suffix('.bvec'))
+        for name, mimg in maps.items():
+            ent = f'stat-{name}' if mod.family == 'fmri' else f'model-tensor_param-{name}'
+            suffix = 'boldmap' if mod.family == 'fmri' else 'dwimap'
+            stem = path.name.split(f'_{mod.suffix}.nii.gz')[0]
+            stem = stem.replace(f'_desc-{desc}', f'_{ent}_desc-{desc}')
+            mpath = path.with_name(f'{stem}_{suffix}.nii.gz')
+            write_nifti_atomic(mimg, mpath)
+            mside = dict(side, Description=f'{name.upper()} map of the synthesized {target} '
+                         f'({"BEP012" if mod.family == "fmri" else "BEP016"} naming).')
+            mside.pop('VolumeContents', None)
+            mside.pop('TaskName', None)
+            mside.pop('RepetitionTime', None)
+            write_json_atomic(mside, mpath.with_name(mpath.name.replace('.nii.gz', '.json')))
+            record['files'][f'{kind}_{name}'] = str(mpath.relative_to(out))
+    return record

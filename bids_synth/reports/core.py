@@ -1,0 +1,162 @@
+"""HTML reports: one per subject (participant level) and one per fitted model (group level).
+
+Figures are PNG mosaics drawn with nilearn, written under ``<output>/sub-<label>/figures/``;
+the HTML page sits at ``<output>/sub-<label>.html`` (the fMRIPrep layout) and links them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+__all__ = ['mosaic', 'subject_report', 'group_report']
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;font-size:.9em}th{background:#f3f3f3}img{max-width:100%;margin:.3em 0}
+.note{color:#666;font-size:.9em}code{background:#f6f6f6;padding:0 .2em}
+"""
+
+
+def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray') -> Path:
+    """Save an axial mosaic of a 3D image (first volume of a 4D one) as PNG."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    import numpy as np
+    from nilearn import image, plotting
+
+    img = nib.load(img) if isinstance(img, (str, Path)) else img
+    if img.ndim == 4:
+        img = image.index_img(img, 0)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    finite = data[np.isfinite(data) & (data != 0)]
+    vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    display = plotting.plot_img(
+        img, display_mode='z', cut_coords=7, cmap=cmap, vmin=0, vmax=vmax, title=title or None,
+        black_bg=True, annotate=False, colorbar=False, draw_cross=False,
+    )
+    tmp = out_png.with_name(f'.tmp-{out_png.name}')
+    display.savefig(str(tmp), dpi=80)
+    display.close()
+    plt.close('all')
+    tmp.replace(out_png)
+    return out_png
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    head = ''.join(f'<th>{html.escape(str(h))}</th>' for h in header)
+    body = ''.join(
+        '<tr>' + ''.join(f'<td>{html.escape(str(c))}</td>' for c in row) + '</tr>' for row in rows
+    )
+    return f'<table><tr>{head}</tr>{body}</table>'
+
+
+def _write_html(path: Path, title: str, body: str) -> Path:
+    from ..bids.derivatives import write_text_atomic
+
+    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
+            f'</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
+            f'{body}</body></html>')
+    write_text_atomic(page, path)
+    return path
+
+
+def subject_report(output_dir: str | Path, subject: str, records: list[dict]) -> Path:
+    """Write ``sub-<subject>.html``: per session, inputs and synthesized outputs as mosaics,
+    uncertainty, clinical values used and provenance.
+
+    ``records`` are the dictionaries the derivatives sink writes for each synthesized image
+    (keys: session, target, files, sources, provenance).
+    """
+    out = Path(output_dir)
+    figdir = out / f'sub-{subject}' / 'figures'
+    parts = []
+    by_session: dict[str, list[dict]] = {}
+    for rec in records:
+        by_session.setdefault(rec.get('session') or '', []).append(rec)
+    for ses, recs in sorted(by_session.items()):
+        label = f'sub-{subject}' + (f'_ses-{ses}' if ses else '')
+        parts.append(f'<h2>{html.escape(label)}</h2>')
+        inputs_done = set()
+        for rec in recs:
+            for src in rec.get('source_files', []):
+                if src in inputs_done:
+                    continue
+                inputs_done.add(src)
+                name = Path(src).name.split('.')[0]
+                png = mosaic(src, figdir / f'{name}_input.png', f'input: {name}')
+                parts.append(f'<img src="{png.relative_to(out)}" alt="input {name}">')
+        for rec in sorted(recs, key=lambda r: r['target']):
+            prov = rec.get('provenance', {})
+            parts.append(f'<h3>synthesized {html.escape(rec["target"])}</h3>')
+            native = rec['files'].get('native')
+            if native:
+                png = mosaic(out / native, figdir / f'{label}_desc-synth{rec["target"]}.png',
+                             f'synthesized {rec["target"]} (native space)')
+                parts.append(f'<img src="{png.relative_to(out)}" alt="synthesized">')
+            std = rec['files'].get('native_std')
+            if std:
+                png = mosaic(out / std, figdir / f'{label}_desc-synthstd{rec["target"]}.png',
+                             f'uncertainty (std over samples) of {rec["target"]}', cmap='hot')
+                parts.append(f'<img src="{png.relative_to(out)}" alt="uncertainty">')
+            files = [(k, v) for k, v in sorted(rec['files'].items())]
+            parts.append(_table(files, ('output', 'file')))
+            clin = prov.get('clinical_used', {})
+            if clin:
+                parts.append('<p>Clinical values used:</p>'
+                             + _table(sorted(clin.items()), ('variable', 'value')))
+            weights = prov.get('fusion_weights')
+            if weights:
+                parts.append('<p>Fusion weights (how much the model leaned on each input):</p>'
+                             + _table(sorted(weights.items()), ('input', 'weight')))
+            keep = {k: v for k, v in prov.items()
+                    if k not in ('clinical_used', 'software', 'fusion_weights')}
+            parts.append('<p>Provenance:</p>' + _table(
+                [(k, json.dumps(v) if isinstance(v, (dict, list)) else v)
+                 for k, v in sorted(keep.items())], ('field', 'value')))
+            soft = prov.get('software', {})
+            if soft:
+                parts.append('<p class="note">Software: ' + html.escape(
+                    ', '.join(f'{k} {v}' for k, v in sorted(soft.items()))) + '</p>')
+    if not records:
+        parts.append('<p>Nothing was synthesized for this subject.</p>')
+    return _write_html(out / f'sub-{subject}.html', f'bids_synth: sub-{subject}', ''.join(parts))
+
+
+def group_report(output_dir: str | Path, model_dir: str | Path) -> Path:
+    """Write ``group_<method>.html``: the fitted model's card and validation metrics."""
+    from ..models.checkpoint import read_card
+
+    card = read_card(model_dir)
+    parts = [f'<p>Model <code>{html.escape(str(model_dir))}</code>, method '
+             f'<b>{html.escape(card["method"])}</b>, sha256 <code>{card["sha256"]}</code>.</p>']
+    val = card.get('validation', {})
+    per_target = val.get('per_target', {})
+    if per_target:
+        parts.append('<h2>Validation on held-out subjects (inside the brain mask)</h2>')
+        rows = [(t, f'{m.get("psnr", float("nan")):.2f}', f'{m.get("ssim", float("nan")):.3f}',
+                 f'{m.get("mae", float("nan")):.4f}', m.get('n', ''))
+                for t, m in sorted(per_target.items())]
+        parts.append(_table(rows, ('target', 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
+    per_pattern = val.get('per_pattern', {})
+    if per_pattern:
+        parts.append('<h2>Per missing pattern</h2>')
+        rows = [(k, f'{m.get("psnr", float("nan")):.2f}', f'{m.get("ssim", float("nan")):.3f}',
+                 f'{m.get("mae", float("nan")):.4f}', m.get('n', ''))
+                for k, m in sorted(per_pattern.items())]
+        parts.append(_table(rows, ('target <- inputs', 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
+    split = val.get('split')
+    if split:
+        parts.append('<p>Split by subject: ' + html.escape(json.dumps(split)) + '</p>')
+    parts.append('<h2>Model card</h2><pre>' + html.escape(json.dumps(
+        {k: v for k, v in card.items() if k != 'validation'}, indent=2, default=str)) + '</pre>')
+    return _write_html(Path(output_dir) / f'group_{card["method"]}.html',
+                       f'bids_synth: group model ({card["method"]})', ''.join(parts))
