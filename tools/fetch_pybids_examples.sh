@@ -4,14 +4,19 @@
 #
 # usage: tools/fetch_pybids_examples.sh DEST [PYTHON]
 #   DEST    folder to fill, e.g. .venv/share/pybids-examples (tests read BIDS_SYNTH_PYBIDS_EXAMPLES)
-#   PYTHON  interpreter whose pybids version is matched (default: python3)
+#   PYTHON  interpreter whose pybids version is matched (default: DEST/../../bin/python when DEST
+#           lies in a virtual environment, e.g. .venv/share/pybids-examples; else python3)
 #
 # Run at install time (Makefile); it needs the package index. Never run at test time: tests skip
 # when DEST is absent. Idempotent: a DEST whose .pybids-version matches is left alone.
 set -euo pipefail
 dest="${1:?usage: fetch_pybids_examples.sh DEST [PYTHON]}"
-py="${2:-python3}"
-version="$("$py" -c 'from importlib.metadata import version; print(version("pybids"))')"
+venv_py="$(dirname "$(dirname "$dest")")/bin/python"
+if [ -n "${2:-}" ]; then py="$2"; elif [ -x "$venv_py" ]; then py="$venv_py"; else py=python3; fi
+version="$("$py" -c 'from importlib.metadata import version; print(version("pybids"))' 2>/dev/null)" || {
+  echo "fetch_pybids_examples: ${py} has no pybids installed; give the environment's python" >&2
+  exit 69
+}
 stamp="${dest}/.pybids-version"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$version" ]; then
   echo "fetch_pybids_examples: pybids ${version} layouts already in ${dest}"
