@@ -64,7 +64,8 @@ class Workflow:
 
     modalities: list[str] = dc.field(default_factory=list)
     """Targets to synthesize (empty: every modality the model knows)."""
-    method: str = 'diffusion'
+    method: str = ''
+    """Imputation method (empty: the model's own; the group level defaults to diffusion)."""
     model: str = ''
     """Model directory (``--model``); empty: the group-level model in the output, else the
     embedded default."""

@@ -139,8 +139,11 @@ def test_check_output_dirs(raw, tmp_path):
         check_output_dirs(raw, raw / 'sub-01' / 'out', tmp_path / 'work')
     with pytest.raises(errors.UsageError, match='work folder'):
         check_output_dirs(raw, tmp_path / 'out', raw / 'work')
-    check_output_dirs(raw, raw / 'derivatives' / 'bids_synth', tmp_path / 'work')
-    assert (raw / 'derivatives' / 'bids_synth').is_dir() and (tmp_path / 'work').is_dir()
+    with pytest.raises(errors.UsageError, match='output folder'):  # derivatives/ too
+        check_output_dirs(raw, raw / 'derivatives' / 'bids_synth', tmp_path / 'work')
+    assert not (raw / 'derivatives').exists()
+    check_output_dirs(raw, tmp_path / 'out', tmp_path / 'work')
+    assert (tmp_path / 'out').is_dir() and (tmp_path / 'work').is_dir()
     (tmp_path / 'afile').write_text('')
     with pytest.raises(errors.CannotCreateOutputError, match='afile/out') as info:
         check_output_dirs(raw, tmp_path / 'afile' / 'out', tmp_path / 'work')

@@ -239,9 +239,8 @@ def _inside(child: Path, parent: Path) -> bool:
 def check_output_dirs(bids_dir, output_dir, work_dir=None) -> None:
     """Refuse output/work folders that would write into the input dataset; create them.
 
-    The output may be ``<bids_dir>/derivatives/<name>`` (the BIDS convention; pybids never
-    indexes ``derivatives/``), nowhere else inside the input. The work folder may not be inside
-    the input at all (as fMRIPrep).
+    Neither may be the input dataset or inside it, ``derivatives/`` included: bids_synth never
+    writes into the input dataset (DESIGN: the input tree stays byte-identical).
 
     Raises
     ------
@@ -255,15 +254,10 @@ def check_output_dirs(bids_dir, output_dir, work_dir=None) -> None:
     for kind, folder in checks:
         folder = Path(folder).expanduser().resolve()
         if _inside(folder, bids_dir):
-            allowed = (kind == 'output'
-                       and _inside(folder.parent, bids_dir / 'derivatives')
-                       and folder != bids_dir / 'derivatives')
-            if not allowed:
-                raise UsageError(
-                    f'{kind} folder {folder} is the input dataset or inside it ({bids_dir}); '
-                    + ('use <bids_dir>/derivatives/<name> or a folder outside the input'
-                       if kind == 'output' else 'choose a folder outside the input')
-                )
+            raise UsageError(
+                f'{kind} folder {folder} is the input dataset or inside it ({bids_dir}); '
+                'choose a folder outside the input (it is never written to)'
+            )
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:

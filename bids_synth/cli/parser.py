@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar='LABEL', help='participants to process (with or without "sub-")')
     g.add_argument('--session-label', nargs='+', type=_label, metavar='LABEL',
                    help='sessions to process (with or without "ses-")')
-    g.add_argument('--modalities', type=_modalities, metavar='LIST',
+    g.add_argument('--modalities', nargs='+', type=_modalities, metavar='MOD',
                    help=f'targets to synthesize, comma or space separated '
                    f'(default: all the model knows; known: {", ".join(MODALITIES)})')
     g.add_argument('--bids-filter-file', dest='bids_filters', type=_json_file, metavar='FILE',
@@ -171,7 +171,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
         opts['work_dir'] = str(Path(opts['output_dir']).parent / 'bids_synth_work')
     opts['participant_label'] = opts.get('participant_label') or []
     opts['session_label'] = opts.get('session_label') or []
-    opts['modalities'] = opts.get('modalities') or []
+    opts['modalities'] = list(dict.fromkeys(m for group in (opts.get('modalities') or [])
+                                            for m in group))
     opts['clinical_columns'] = opts.get('clinical_columns') or []
     opts['bids_filters'] = opts.get('bids_filters') or {}
     opts['nprocs'] = opts.get('nprocs') or (os.cpu_count() or 1)

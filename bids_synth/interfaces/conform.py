@@ -45,7 +45,7 @@ class ConformInput(SimpleInterface):
             self.inputs.modality,
             template,
             runtime.cwd,
-            metadata=dict(self.inputs.metadata),
+            metadata=_gradients(dict(self.inputs.metadata)),
             omp_nthreads=self.inputs.omp_nthreads,
         )
         out_file = os.path.join(runtime.cwd, f'{self.inputs.modality}_conformed.nii.gz')
@@ -76,16 +76,23 @@ class ToNative(SimpleInterface):
     def _run_interface(self, runtime):
         import nibabel as nib
 
-        from ..preprocessing.conform import Transform, load_conformed, to_native
+        from ..preprocessing.conform import load_conformed, to_native
         from ..preprocessing.templates import load_template
 
         template = load_template(self.inputs.res)
         array = load_conformed(self.inputs.in_file)
         img = to_native(
-            array, template, Transform.from_file(self.inputs.transform),
-            nib.load(self.inputs.native_reference),
+            array, template, self.inputs.transform, nib.load(self.inputs.native_reference),
         )
         out_file = os.path.join(runtime.cwd, 'native.nii.gz')
         img.to_filename(out_file)
         self._results['out_file'] = out_file
         return runtime
+
+
+def _gradients(metadata: dict) -> dict:
+    """Pass the dwi gradient files the BIDS layer found (``bval``/``bvec``) to conform."""
+    for key in ('bval', 'bvec'):
+        if metadata.get(key) and not metadata.get(f'_{key}'):
+            metadata[f'_{key}'] = metadata[key]
+    return metadata
