@@ -18,6 +18,13 @@ Coordinates (x, y, z in mm, MNI) and sources:
   cingulate 0,30,20; parietal +-40,-60,45; lateral temporal): Landau et al., J Nucl Med 2013,
   54:70 (cortical summary SUVR), reference whole cerebellum (cerebellar hemispheres +-24,-66,-36).
 - Pons 0,-24,-32: FDG reference region (e.g. Minoshima et al., J Nucl Med 1995, 36:1238).
+- Task-positive (dorsal attention) nodes, anticorrelated with the default-mode network at rest:
+  intraparietal sulcus -25,-57,46, frontal eye field 25,-13,50, MT+ -45,-69,-2 (Fox et al.,
+  PNAS 2005, 102:9673, seeds; mirrored to both hemispheres here).
+- Lateral ventricles (frontal horn +-5,10,12; body +-11,-14,22; atrium +-22,-38,13): not a
+  published peak but measured on the MNI152 2009a symmetric template that nilearn ships (centres
+  along the connected CSF component of each lateral ventricle, CSF = brain mask - GM - WM > 0.6;
+  about 8 ml per side); used for ventricle enlargement in the phantom and ventricle volume.
 
 >>> import numpy as np
 >>> aff = np.diag([4.0, 4.0, 4.0, 1.0]); aff[:3, 3] = (-96, -132, -76)
@@ -47,6 +54,14 @@ REGIONS: dict[str, list[tuple[tuple[float, float, float], float]]] = {
     'parietal': [((-40, -60, 45), 10), ((40, -60, 45), 10)],
     'cerebellum': [((-24, -66, -36), 14), ((24, -66, -36), 14)],
     'pons': [((0, -24, -32), 6)],
+    'intraparietal': [((-25, -57, 46), 8), ((25, -57, 46), 8)],
+    'frontal_eye_field': [((-25, -13, 50), 8), ((25, -13, 50), 8)],
+    'middle_temporal_mt': [((-45, -69, -2), 8), ((45, -69, -2), 8)],
+    'lateral_ventricles': [
+        ((-5, 10, 12), 6), ((5, 10, 12), 6),
+        ((-11, -14, 22), 6), ((11, -14, 22), 6),
+        ((-22, -38, 13), 6), ((22, -38, 13), 6),
+    ],
 }
 
 #: Region groups that carry a disease pattern.
@@ -60,6 +75,8 @@ PATTERNS: dict[str, tuple[str, ...]] = {
     'medial_temporal': ('hippocampus', 'entorhinal'),
     # default-mode network nodes (Andrews-Hanna 2010)
     'dmn': ('posterior_cingulate', 'medial_prefrontal', 'angular', 'lateral_temporal'),
+    # task-positive / dorsal attention network (Fox 2005), anticorrelated with the DMN at rest
+    'task_positive': ('intraparietal', 'frontal_eye_field', 'middle_temporal_mt'),
 }
 
 

@@ -1,0 +1,195 @@
+"""Render every modality of one phantom session and write its files (NIfTI, sidecars)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from . import bold as boldm
+from . import dwi as dwim
+from . import mri, pet
+from .anatomy import (
+    load_template, make_deformation, make_grid, make_pose, sample, template_coords,
+)
+from .clinical import Subject
+from .tissues import lesion_score, session_tissues
+
+__all__ = ['RESOLUTIONS', 'render_session', 'relpath', 'MOD_CODES']
+
+#: acquisition settings per resolution preset
+RESOLUTIONS = {
+    'default': {
+        'anat': {'T1w': [(1.0, 1.0, 1.0), (1.0, 1.0, 1.2)], 'T2w': [(1.0, 1.0, 1.0)],
+                 'FLAIR': [(1.0, 1.0, 1.2), (1.0, 1.0, 1.0)]},
+        'pet': 2.0, 'bold': 3.0, 'dwi': 2.0, 'bold_vols': 120, 'dwi_b0': 2, 'dwi_dirs': 30,
+        'pet_frames': {'FDG': 6, 'AV45': 4},
+    },
+    'low': {
+        'anat': {'T1w': [(2.0, 2.0, 2.0)], 'T2w': [(2.0, 2.0, 2.0)], 'FLAIR': [(2.0, 2.0, 2.0)]},
+        'pet': 3.0, 'bold': 4.0, 'dwi': 3.0, 'bold_vols': 60, 'dwi_b0': 1, 'dwi_dirs': 30,
+        'pet_frames': {'FDG': 3, 'AV45': 2},
+    },
+}
+#: field of view (mm) along L-R, A-P, S-I
+FOV = {'anat': (176, 216, 184), 'pet': (200, 224, 184), 'bold': (192, 216, 150),
+       'dwi': (176, 208, 150)}
+AXCODES = {
+    'anat': ('RAS', 'LAS', 'LPS', 'PIR', 'ASR'),
+    'pet': ('LPS', 'RAS', 'LAS'),
+    'bold': ('LAS', 'RAS', 'LPS', 'RPI'),
+    'dwi': ('LAS', 'RAS', 'LPS', 'RPI'),
+}
+MOD_CODES = {'T1w': 1, 'T2w': 2, 'FLAIR': 3, 'FDG': 4, 'AV45': 5, 'bold': 6, 'dwi': 7}
+_DATATYPE = {'T1w': 'anat', 'T2w': 'anat', 'FLAIR': 'anat', 'FDG': 'pet', 'AV45': 'pet',
+             'bold': 'func', 'dwi': 'dwi'}
+
+
+def relpath(modality: str, sub: str, ses: str | None, ext: str = '.nii.gz') -> str:
+    """BIDS path of a modality's file relative to the dataset root."""
+    base = f'sub-{sub}' + (f'_ses-{ses}' if ses else '')
+    folder = f'sub-{sub}/' + (f'ses-{ses}/' if ses else '') + _DATATYPE[modality]
+    name = {'FDG': f'{base}_trc-FDG_pet', 'AV45': f'{base}_trc-AV45_pet',
+            'bold': f'{base}_task-rest_bold', 'dwi': f'{base}_dwi'}.get(modality,
+                                                                        f'{base}_{modality}')
+    return f'{folder}/{name}{ext}'
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def _nifti_bytes(data: np.ndarray, affine: np.ndarray, tr: float | None = None) -> bytes:
+    """gzip-compressed NIfTI-1 (mtime 0: same data, same bytes).
+
+    Data whose range fits are stored as plain int16 (rounded, as scanners do); others are
+    scaled into int16 by nibabel (scl_slope).
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if float(data.max()) < 32000 and float(data.min()) > -32000:
+        img = nib.Nifti1Image(np.rint(data).astype(np.int16), affine)
+    else:
+        img = nib.Nifti1Image(data, affine)
+        img.set_data_dtype(np.int16)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header.set_xyzt_units('mm', 'sec')
+    if tr is not None:
+        zooms = img.header.get_zooms()
+        img.header.set_zooms(zooms[:3] + (tr,))
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _write(roots: list[Path], rel: str, payload: bytes | str) -> None:
+    for root in roots:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(payload, bytes):
+            path.write_bytes(payload)
+        else:
+            path.write_text(payload)
+
+
+def _json(d: dict) -> str:
+    return json.dumps(d, indent=2) + '\n'
+
+
+def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modalities,
+                   resolution: str, roots: dict[str, list[Path]]) -> dict:
+    """Generate and write every modality of visit ``k`` of ``subj``.
+
+    ``roots[modality]`` lists the dataset roots the modality is written to (the ground truth
+    always, the BIDS dataset unless the modality is missing in this session). Returns the
+    session's truth: age, severity and, per modality, the affine from native voxels to
+    template (MNI) mm without the non-linear warp (``template_from_voxel``).
+    """
+    res = RESOLUTIONS[resolution]
+    visit = subj.visits[k]
+    sub, ses = subj.label, visit.session
+    tpl = load_template()
+    vascular = float(np.exp(_rng(seed, sub_index, 1002).normal(0, 0.5)))
+    score = lesion_score(_rng(seed, sub_index, 1001), tpl)
+    anat_needed = any(m in modalities for m in ('T1w', 'T2w', 'FLAIR')) and resolution != 'low'
+    tis = session_tissues(tpl, age=visit.age, severity=visit.severity, score=score,
+                          vascular=vascular, with_1mm=anat_needed)
+    # ventricles enlarge ~2.5 %/year of volume after 55 (linear ~0.8 %) plus AD
+    vent_mm = 0.06 * max(visit.age - 55, 0) + 2.0 * visit.severity
+    deform = make_deformation(_rng(seed, sub_index, 1000), tpl, head_scale=subj.head_scale,
+                              ventricle_mm=vent_mm, mt_mm=3.0 * visit.severity)
+    pose_rng = _rng(seed, sub_index, k, 2000)
+    mri_pose = make_pose(pose_rng, tpl.centre)
+    truth = {'age': visit.age, 'severity': visit.severity, 'mmse': visit.mmse,
+             'wmh_ml': round(float(tis.wmh2.sum()) * 8 / 1000, 3), 'template_from_voxel': {}}
+    for mod in modalities:
+        rng = _rng(seed, sub_index, k, MOD_CODES[mod])
+        fam = {'FDG': 'pet', 'AV45': 'pet', 'bold': 'bold', 'dwi': 'dwi'}.get(mod, 'anat')
+        pose = make_pose(rng, tpl.centre) if fam == 'pet' else mri_pose.jitter(rng, 2.0, 2.0)
+        codes = AXCODES[fam]
+        axcodes = codes[int(rng.integers(len(codes)))]
+        if fam == 'anat':
+            opts = res['anat'][mod]
+            zooms = opts[int(rng.integers(len(opts)))]
+        else:
+            zooms = (res[fam],) * 3
+        centre = pose.translation + rng.uniform(-5, 5, 3)
+        grid = make_grid(zooms, FOV[fam], axcodes, centre)
+        t_aff = deform.linear() @ np.linalg.inv(pose.scanner_from_subject()) @ grid.affine
+        truth['template_from_voxel'][mod] = t_aff.round(6).tolist()
+        files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res)
+        for rel_ext, payload in files.items():
+            _write(roots[mod], relpath(mod, sub, ses, rel_ext), payload)
+    return truth
+
+
+def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> dict:
+    zooms = np.sqrt((grid.affine[:3, :3] ** 2).sum(0))
+    if fam == 'anat':
+        one_mm = tis.gm is not None and zooms.min() < 1.5
+        aff = tpl.affine if one_mm else tpl.affine2
+        coords = template_coords(grid, pose, deform, aff)
+        img = sample(mri.contrast_map(mod, tis, age=visit.age, rng=rng, res=1 if one_mm else 2),
+                     coords)
+        img *= mri.bias_field(rng, grid.shape)
+        img = mri.rician(rng, img, 25.0)
+        return {'.nii.gz': _nifti_bytes(img, grid.affine), '.json': _json(mri.anat_sidecar(mod))}
+    coords = template_coords(grid, pose, deform, tpl.affine2)
+    if fam == 'pet':
+        up = sample(pet.uptake_map(mod, tis, tpl, severity=visit.severity, amyloid=subj.amyloid,
+                                   apoe4=subj.apoe4, rng=rng), coords)
+        n = res['pet_frames'][mod]
+        dose = float(rng.uniform(0.9, 1.1))
+        fwhm = float(rng.uniform(5.0, 7.0))
+        frames = pet.pet_frames(up, mod, zooms=zooms, fwhm_mm=fwhm, dose_factor=dose,
+                                n_frames=n, rng=rng)
+        tz = f'{int(rng.integers(8, 16)):02d}:{int(rng.integers(0, 60)):02d}:00'
+        side = pet.pet_sidecar(mod, n_frames=n, dose_factor=dose, fwhm_mm=fwhm, time_zero=tz)
+        return {'.nii.gz': _nifti_bytes(frames, grid.affine), '.json': _json(side)}
+    frac = {'gm': sample(tis.gm2, coords), 'wm': sample(tis.wm2, coords),
+            'csf': sample(tis.csf2, coords), 'wmh': sample(tis.wmh2, coords)}
+    bias = mri.bias_field(rng, grid.shape, 0.15)
+    if fam == 'bold':
+        names, maps = boldm.network_maps(tpl)
+        nodes = np.stack([sample(m, coords) for m in maps])
+        seq = {'kind': 'se', 'TR': boldm.TR_S * 1000, 'TE': boldm.TE_S * 1000 * 1.6}
+        base = sum(frac[t] * mri._tissue_signal(seq, *mri.TISSUE_PARAMS[t])
+                   for t in ('gm', 'csf', 'wmh')) + (frac['wm'] - frac['wmh']) * \
+            mri._tissue_signal(seq, *mri.TISSUE_PARAMS['wm'])
+        base = (10000.0 * base * bias).astype(np.float32)
+        data = boldm.bold_series(rng, baseline=base, gm=frac['gm'], nodes=nodes, names=names,
+                                 severity=visit.severity, n_vols=res['bold_vols'], zooms=zooms)
+        return {'.nii.gz': _nifti_bytes(data, grid.affine, tr=boldm.TR_S),
+                '.json': _json(boldm.bold_sidecar(grid.shape[2]))}
+    dyad = np.stack([sample(c, coords) for c in tpl.dyad2])
+    bvals, dirs = dwim.gradient_table(res['dwi_b0'], res['dwi_dirs'])
+    d = dwim.diffusivities(visit.age, visit.severity)
+    sig = dwim.dwi_signal(frac, dyad, pose.rotation, bvals, dirs, d)
+    sig *= bias[..., None]
+    sig = mri.rician(rng, sig, 12.0)
+    bvec = dwim.fsl_bvecs(dirs, grid.affine)
+    bvec_txt = '\n'.join(' '.join(f'{v:.6f}' for v in row) for row in bvec) + '\n'
+    bval_txt = ' '.join(str(int(b)) for b in bvals) + '\n'
+    return {'.nii.gz': _nifti_bytes(sig, grid.affine), '.json': _json(dwim.dwi_sidecar()),
+            '.bval': bval_txt, '.bvec': bvec_txt}
