@@ -134,15 +134,49 @@ def _threads(omp_nthreads: int) -> None:
     os.environ['ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'] = str(max(1, int(omp_nthreads)))
 
 
-def fixed_image(template, family: str) -> np.ndarray:
-    """The registration target for a modality family, shape (X, Y, Z), float32.
+#: Registration target per modality: ``'t1'`` (the T1w template) or tissue weights
+#: (GM, WM, CSF) of a pseudo-contrast built from the template's probability maps. Measured on
+#: 5 mm-smoothed tissue-mixture images, 12 deg rotated, shifted and stored LPS (correlation with
+#: the truth inside the brain mask, res 4 / res 2): FDG-like (GM + 0.35 WM) 0.993 / 0.9967
+#: with the T1w target vs 0.996 / 0.9969 with its pseudo-contrast; EPI-like (CSF bright)
+#: 0.949 / 0.982 vs 0.998 / 0.999; AV45-like (WM > GM) 0.9994 (T1w) vs 0.9984 (pseudo) at res
+#: 2, so AV45 keeps the T1w target.
+FIXED_CONTRAST: dict[str, str | tuple[float, float, float]] = {
+    'T1w': 't1',
+    'T1wCE': 't1',
+    'T2w': (0.6, 0.4, 1.0),  # CSF > GM > WM
+    'FLAIR': (1.0, 0.7, 0.1),  # GM > WM, CSF suppressed
+    'FDG': (1.0, 0.35, 0.0),  # grey-matter glucose uptake
+    'AV45': 't1',  # white matter > grey matter, like the T1w (measured: T1w target is better)
+    'bold': (0.6, 0.4, 1.0),  # T2*-weighted EPI
+    'dwi': (0.6, 0.4, 1.0),  # b=0: T2-weighted EPI
+}
+_FAMILY_DEFAULT = {'smri': 'T1w', 'pet': 'FDG', 'fmri': 'bold', 'dmri': 'dwi'}
 
-    The template T1w for every family: nilearn's MNI152 2009a T1w is already brain-extracted,
-    and Mattes mutual information copes with the contrast differences (see the module tests
-    and the conform report for the measurements).
+
+def _contrast_key(modality: str | None, family: str | None) -> str:
+    if modality in FIXED_CONTRAST:
+        return modality
+    if family is None and modality in MODALITIES:
+        family = MODALITIES[modality].family
+    if family in _FAMILY_DEFAULT:
+        return _FAMILY_DEFAULT[family]
+    raise ValueError(f'no registration target for modality {modality!r} / family {family!r}')
+
+
+def fixed_image(template, modality: str) -> np.ndarray:
+    """The registration target of a modality on the model grid, shape (X, Y, Z), float32.
+
+    The T1w template (nilearn's MNI152 2009a T1w, already brain-extracted) for T1-weighted
+    inputs; for the other contrasts a pseudo-image ``w_gm * GM + w_wm * WM + w_csf * CSF``
+    (:data:`FIXED_CONTRAST`), which mutual information aligns more reliably than the T1w.
     """
-    del family  # same target for every family (measured; kept as a hook)
-    return np.asarray(template.t1, dtype=np.float32)
+    spec = FIXED_CONTRAST[_contrast_key(modality, None)]
+    if spec == 't1':
+        return np.asarray(template.t1, dtype=np.float32)
+    w_gm, w_wm, w_csf = spec
+    out = w_gm * template.gm + w_wm * template.wm + w_csf * template.csf
+    return (out * template.mask).astype(np.float32)
 
 
 def _write(img: nib.Nifti1Image, path: Path) -> str:
@@ -153,15 +187,15 @@ def _write(img: nib.Nifti1Image, path: Path) -> str:
     return str(path)
 
 
-def _fixed_file(template, family: str, work_dir: Path) -> str:
-    path = work_dir / f'fixed_{template.name}_res-{template.res}_{family}.nii.gz'
+def _fixed_file(template, key: str, work_dir: Path) -> str:
+    path = work_dir / f'fixed_{template.name}_res-{template.res}_{key}.nii.gz'
     if not path.is_file():
-        _write(template.img(fixed_image(template, family)), path)
+        _write(template.img(fixed_image(template, key)), path)
     return str(path)
 
 
 def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, template, *,
-                         modality: str = 'T1w', modality_family: str | None = None,
+                         modality: str | None = None, modality_family: str | None = None,
                          omp_nthreads: int = 1, work_dir: str | os.PathLike,
                          name: str = 'reference') -> Transform:
     """Affine registration of a 3D native image to the template (antspyx).
@@ -171,9 +205,11 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     reference_img : Nifti1Image or path, shape (X, Y, Z)
         The native reference (any orientation; the affine is honoured).
     template : TemplateSpec
-    modality : str
-        Registry key (recorded; selects the family when ``modality_family`` is None).
+    modality : str, optional
+        Registry key: selects the fixed image (:func:`fixed_image`); recorded.
     modality_family : str, optional
+        Used when ``modality`` is None: the family's default target (smri: T1w, pet: FDG-like,
+        fmri/dmri: EPI-like).
     omp_nthreads : int
         ITK threads.
     work_dir : path-like
@@ -191,7 +227,7 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     import ants
 
     _threads(omp_nthreads)
-    family = modality_family or MODALITIES[modality].family
+    key = _contrast_key(modality, modality_family)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(reference_img, nib.Nifti1Image | nib.Nifti2Image):
@@ -199,7 +235,7 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
         label = reference_img.get_filename() or src
     else:
         src = label = str(reference_img)
-    fixed_path = _fixed_file(template, family, work_dir)
+    fixed_path = _fixed_file(template, key, work_dir)
     out = work_dir / f'{name}_to-{template.name}_res-{template.res}_affine.mat'
     t0 = time.perf_counter()
     try:
@@ -226,7 +262,7 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     except Exception as exc:  # ANTs raises RuntimeError/ValueError with C++ messages
         raise DataError(f'{label}: registration to {template.name} failed: {exc}') from exc
     tx = Transform(path=str(out), template=template.name, res=int(template.res),
-                   modality=modality, fixed=fixed_path, seconds=time.perf_counter() - t0)
+                   modality=modality or key, fixed=fixed_path, seconds=time.perf_counter() - t0)
     det = float(np.linalg.det(tx.matrix()))
     if not np.isfinite(det) or not 0.2 < abs(det) < 5.0:
         raise DataError(f'{label}: registration to {template.name} failed: degenerate affine '

@@ -174,7 +174,7 @@ def _populate(tdir: Path) -> None:
             if res == 1:
                 out = im
             else:
-                interp = 'nearest' if kind == 'mask' else 'continuous'
+                interp = 'nearest' if kind == 'mask' else 'linear'
                 out = resample_img(im, target_affine=aff2, target_shape=shape2,
                                    interpolation=interp, force_resample=True,
                                    copy_header=True)
