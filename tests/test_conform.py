@@ -13,6 +13,7 @@ from bids_synth.errors import DataError
 from bids_synth.preprocessing.conform import (
     ConformResult,
     Transform,
+    apply_to_template,
     conform,
     load_conformed,
     save_conformed,
@@ -84,6 +85,16 @@ def test_to_native_round_trip(t1_case, tpl):
                     result.transform.path, nib.load(result.native_reference))
     assert two.shape == moved.shape + (2,)
     assert np.allclose(two.get_fdata()[..., 0], back.get_fdata(), atol=1e-5)
+
+
+def test_apply_to_template_channels(t1_case, tpl):
+    _, moved, result, _ = t1_case
+    data = moved.get_fdata(dtype=np.float32)
+    two = nib.Nifti1Image(np.stack([data, 2 * data], axis=-1), moved.affine)
+    arr = apply_to_template(two, tpl, result.transform)
+    assert arr.shape == (2,) + tpl.shape
+    assert np.allclose(arr[1], 2 * arr[0], rtol=1e-4, atol=1e-3)
+    assert _corr(arr[0], tpl.t1, tpl.mask) > 0.9
 
 
 def test_transform_reloads_from_path(t1_case, tpl):

@@ -43,7 +43,7 @@ STAGES = ('Rigid', 'Affine')
 _AFF_KW = {
     'aff_metric': 'mattes',
     'aff_sampling': 32,
-    'aff_random_sampling_rate': 0.15,
+    'aff_random_sampling_rate': 0.1,
     'smoothing_in_mm': False,
 }
 
@@ -53,7 +53,7 @@ def _pyramid(res: int, rigid: bool) -> dict:
     levels = max(1, int(np.log2(8 / res)) + 1)
     shrink = tuple(2 ** i for i in reversed(range(levels)))
     sigmas = tuple(float(s) for s in reversed(range(levels)))
-    iters = (500, 200, 100, 30)[-levels:]
+    iters = (500, 200, 80, 20)[-levels:]
     if rigid and levels > 1:
         shrink, sigmas, iters = shrink[:-1], sigmas[:-1], iters[:-1]
     return {'aff_shrink_factors': shrink, 'aff_smoothing_sigmas': sigmas,
@@ -197,7 +197,7 @@ def _fixed_file(template, key: str, work_dir: Path) -> str:
 def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, template, *,
                          modality: str | None = None, modality_family: str | None = None,
                          omp_nthreads: int = 1, work_dir: str | os.PathLike,
-                         name: str = 'reference') -> Transform:
+                         name: str = 'reference', seed: int | None = 20240) -> Transform:
     """Affine registration of a 3D native image to the template (antspyx).
 
     Parameters
@@ -214,6 +214,9 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
         ITK threads.
     work_dir : path-like
         Where the transform (``<name>_to-<template>_affine.mat`` + JSON) is written.
+    seed : int or None
+        Seed of the metric's random sampling (``antsRegistration --random-seed``), so re-runs
+        give the same transform up to multi-threaded summation order; None: unseeded.
 
     Returns
     -------
@@ -227,6 +230,8 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     import ants
 
     _threads(omp_nthreads)
+    ants.config._random_seed = seed  # read by ants.registration; no public setter without
+    # set_ants_deterministic, which would also force one thread
     key = _contrast_key(modality, modality_family)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
