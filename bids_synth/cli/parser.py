@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='sampler steps (default: the model card\'s)')
     g.add_argument('--sampler', choices=['ddim', 'rflow'], default=None,
                    help='sampler (default: the model card\'s)')
+    g.add_argument('--res', type=int, choices=[2, 4], default=None,
+                   help='group level: template resolution (mm) of the model grid (default: 2 '
+                   'for regression, the training recipe\'s for diffusion)')
     g.add_argument('--train-steps', type=_positive, default=None,
                    help='group level: diffusion training steps (default: the recipe\'s)')
 
@@ -177,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     opts['bids_filters'] = opts.get('bids_filters') or {}
     opts['nprocs'] = opts.get('nprocs') or (os.cpu_count() or 1)
     opts['omp_nthreads'] = opts.get('omp_nthreads') or max(1, min(4, opts['nprocs']))
+    if opts.get('res') is None:
+        opts['res'] = 0
     if opts.get('train_steps') is None:
         opts['train_steps'] = 0
     if opts.get('steps') is None:

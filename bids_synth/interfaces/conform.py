@@ -74,15 +74,13 @@ class ToNative(SimpleInterface):
     output_spec = _ToNativeOutputSpec
 
     def _run_interface(self, runtime):
-        import nibabel as nib
-
         from ..preprocessing.conform import load_conformed, to_native
         from ..preprocessing.templates import load_template
 
         template = load_template(self.inputs.res)
         array = load_conformed(self.inputs.in_file)
         img = to_native(
-            array, template, self.inputs.transform, nib.load(self.inputs.native_reference),
+            array, template, self.inputs.transform, self.inputs.native_reference,
         )
         out_file = os.path.join(runtime.cwd, 'native.nii.gz')
         img.to_filename(out_file)

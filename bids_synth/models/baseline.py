@@ -134,26 +134,33 @@ class RegressionImputer:
         ridge: float = 1e-2,
         template: dict | None = None,
     ) -> RegressionImputer:
-        """Fit on the sessions that have every modality in ``modalities``."""
-        modalities = tuple(modalities)
-        complete = [s for s in sessions if all(m in s.images for m in modalities)]
-        if len(complete) < 2:
-            raise DataError(
-                f'regression needs at least 2 sessions with all of {", ".join(modalities)}; '
-                f'found {len(complete)}'
-            )
+        """Fit on every session, using the modalities and clinical values each one has.
+
+        Moments are *available-case* (pairwise-complete) means: each cross-product of two
+        features is averaged over the sessions that have both, so incomplete sessions count
+        too and no imputation of the training data is needed. A modality needs at least two
+        sessions.
+        """
         schema = {k: v for k, v in clinical_schema.items() if v.get('type') != 'text'}
+        counts = {m: sum(m in s.images for s in sessions) for m in modalities}
+        modalities = tuple(m for m in modalities if counts[m] >= 2)
+        if not modalities:
+            raise DataError(
+                f'regression needs a modality in at least 2 sessions; counts: {counts}'
+            )
+        sessions = [s for s in sessions if any(m in s.images for m in modalities)]
         mask = mask.astype(bool)
-        stacks = [np.concatenate([s.images[m] for m in modalities], 0)[:, mask] for s in complete]
-        data = np.stack(stacks).astype(np.float64)  # (S, C, V)
-        mu = data.mean(0)
+        index = _channel_index(modalities)
+        n_img = len(index)
+        mu = np.zeros((n_img, int(mask.sum())))
+        for j, (mod, ch) in enumerate(index):
+            mu[j] = np.mean([s.images[mod][ch][mask] for s in sessions if mod in s.images], 0)
         labels = parcellate(mask, float(abs(affine[0, 0])), parcel_mm)
         lab = labels[mask] - 1
         n_par = int(lab.max()) + 1
-        n_img = data.shape[1]
         n_clin = clinical_features(schema, {})[0].shape[1]
         dim = n_img + n_clin
-        clin_all = [clinical_features(schema, sess.clinical) for sess in complete]
+        clin_all = [clinical_features(schema, sess.clinical) for sess in sessions]
         # centre each clinical feature on the sessions that have it: deviations have zero mean,
         # so uncentred covariates (no intercept) would bias the prediction
         cf = np.concatenate([c for c, _ in clin_all], 0)
@@ -163,17 +170,31 @@ class RegressionImputer:
         starts = np.searchsorted(lab[order], np.arange(n_par))
         zz = np.zeros((n_par, dim, dim))
         zy = np.zeros((n_par, dim, n_img))
-        for s_idx, sess in enumerate(complete):
-            dev = (data[s_idx] - mu).T[order]  # (V, C), voxels grouped by parcel
+        pair_n = np.zeros((dim, dim))
+        pair_ny = np.zeros((dim, n_img))
+        for s_idx, sess in enumerate(sessions):
+            has = np.array([mod in sess.images for mod, _ in index])
+            dev = np.zeros((n_img, mu.shape[1]))
+            for j, (mod, ch) in enumerate(index):
+                if has[j]:
+                    dev[j] = sess.images[mod][ch][mask] - mu[j]
+            dev = dev.T[order]  # (V, C), voxels grouped by parcel
             clin, present = clin_all[s_idx]
             clin = np.where(present, clin - clin_mean, 0.0)
             z = np.concatenate([dev, np.repeat(clin, dev.shape[0], 0)], 1)  # (V, D)
             _accumulate(zz, zy, z, dev, starts)
+            pres = np.concatenate([has, present[0]]).astype(float)
+            pair_n += np.outer(pres, pres)
+            pair_ny += np.outer(pres, has)
+        nvox = np.bincount(lab, minlength=n_par).astype(float)
+        zz /= nvox[:, None, None] * np.maximum(pair_n, 1)[None]
+        zy /= nvox[:, None, None] * np.maximum(pair_ny, 1)[None]
         full_mu = np.zeros((n_img,) + mask.shape, np.float32)
         full_mu[:, mask] = mu
         info = {
-            'n_sessions': len(complete),
-            'n_subjects': len({s.subject for s in complete}),
+            'n_sessions': len(sessions),
+            'n_subjects': len({s.subject for s in sessions}),
+            'sessions_per_modality': {m: counts[m] for m in modalities},
             'parcel_mm': parcel_mm,
             'n_parcels': n_par,
             'fitted': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'),
@@ -242,7 +263,8 @@ class RegressionImputer:
                 'n_parcels': self.info['n_parcels'],
                 'ridge': self.lam,
             },
-            'training_data': {k: self.info[k] for k in ('n_sessions', 'n_subjects')},
+            'training_data': {k: self.info[k] for k in ('n_sessions', 'n_subjects')
+                              if k in self.info},
             'fitted': self.info['fitted'],
             **({'validation': self.info['validation']} if 'validation' in self.info else {}),
         }

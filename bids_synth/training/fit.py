@@ -108,7 +108,7 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
     if method == 'regression':
         from ..models.baseline import RegressionImputer
 
-        complete = [s for s in sessions if all(m in s.images for m in modalities)]
+        complete = [s for s in sessions if any(m in s.images for m in modalities)]
         train_sub, val_sub = split_by_subject(complete, seed=seed)
         kwargs = {'mask': mask, 'affine': np.asarray(template.affine),
                   'clinical_schema': clinical_schema, 'modalities': modalities,

@@ -1,0 +1,131 @@
+"""Command-line behaviour on bad input: one clear line, the right exit code, no traceback."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bids_synth.cli.run import main
+
+EXAMPLES = Path(os.environ.get('BIDS_SYNTH_PYBIDS_EXAMPLES',
+                               Path(__file__).parents[1] / '.venv/share/pybids-examples'))
+
+
+@pytest.fixture(scope='module')
+def small(tmp_path_factory):
+    """A 3-subject phantom (T1w, T2w, FLAIR) where sub-001 lacks T2w."""
+    from bids_synth.phantom import generate_cohort
+
+    root = tmp_path_factory.mktemp('small')
+    return generate_cohort(root / 'bids', n_subjects=3, seed=5, resolution='low',
+                           modalities=('T1w', 'T2w', 'FLAIR'),
+                           missing={'T1w': 0.0, 'T2w': 0.0, 'FLAIR': 0.0},
+                           ground_truth=root / 'gt')
+
+
+def _copy(cohort, tmp_path) -> Path:
+    dst = tmp_path / 'bids'
+    shutil.copytree(cohort.bids_dir, dst)
+    return dst
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith('bids_synth: error:')]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        from bids_synth.cli.parser import build_parser
+
+        build_parser().parse_args(['--version'])
+    assert info.value.code == 0
+    assert 'bids_synth' in capsys.readouterr().out
+
+
+def test_usage_error_is_64(tmp_path, capsys):
+    code, err = _run([tmp_path, tmp_path / 'out', 'participant', '--no-such-flag'], capsys)
+    assert code == 64
+    assert len(_error_lines(err)) == 1 and 'Traceback' not in err
+
+
+def test_missing_input_is_66(tmp_path, capsys):
+    code, err = _run([tmp_path / 'nope', tmp_path / 'out', 'participant'], capsys)
+    assert code == 66
+    assert 'nope' in _error_lines(err)[0]
+
+
+def test_output_inside_input_is_64(small, tmp_path, capsys):
+    bids = _copy(small, tmp_path)
+    code, err = _run([bids, bids / 'derivatives' / 'synth', 'participant',
+                      '--skip-bids-validation'], capsys)
+    assert code == 64
+    (line,) = _error_lines(err)
+    assert 'inside' in line and str(bids) in line
+    assert not (bids / 'derivatives').exists()
+
+
+def test_unwritable_output_is_73(small, tmp_path, capsys):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    code, err = _run([small.bids_dir, blocker / 'out', 'participant',
+                      '--skip-bids-validation'], capsys)
+    assert code == 73
+    (line,) = _error_lines(err)
+    assert 'a_file/out' in line and 'Traceback' not in err
+
+
+def test_unknown_participant_is_18(small, tmp_path, capsys):
+    code, err = _run([small.bids_dir, tmp_path / 'out', 'participant', '--participant-label',
+                      'sub-999', '--skip-bids-validation', '--dry-run'], capsys)
+    assert code == 18
+    (line,) = _error_lines(err)
+    assert '999' in line
+
+
+def test_ragged_participants_tsv_is_65(small, tmp_path, capsys):
+    bids = _copy(small, tmp_path)
+    tsv = bids / 'participants.tsv'
+    lines = tsv.read_text().splitlines()
+    lines[2] = lines[2] + '\textra'
+    tsv.write_text('\n'.join(lines) + '\n')
+    code, err = _run([bids, tmp_path / 'out', 'participant', '--skip-bids-validation'], capsys)
+    assert code == 65
+    (line,) = _error_lines(err)
+    assert 'participants.tsv' in line and ':3' in line
+    assert 'Traceback' not in err
+
+
+def test_dry_run_reports_and_writes_nothing(small, tmp_path, capsys):
+    bids = _copy(small, tmp_path)
+    flair = next(bids.rglob('sub-002*_FLAIR.nii.gz'))
+    flair.write_bytes(gzip.compress(b'x' * 1000)[:40])  # corrupt gzip
+    code = main([str(bids), str(tmp_path / 'out'), 'participant', '--dry-run',
+                 '--skip-bids-validation'])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert 'unreadable' in captured.out and 'gzip' in captured.out.lower()
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(not (EXAMPLES / 'ds005').is_dir(),
+                    reason=f'pybids example layouts not fetched into {EXAMPLES} '
+                    '(tools/fetch_pybids_examples.sh, run by make test)')
+@pytest.mark.parametrize('dataset', ['ds005', '7t_trt', 'synthetic'])
+def test_dry_run_on_pybids_examples(dataset, tmp_path, capsys):
+    """pybids' own layouts (empty NIfTIs): no traceback, files reported unreadable."""
+    code = main([str(EXAMPLES / dataset), str(tmp_path / 'out'), 'participant', '--dry-run',
+                 '--skip-bids-validation'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert 'Traceback' not in captured.err
+    assert 'unreadable' in captured.out

@@ -1,0 +1,147 @@
+"""group then participant on a 6-subject phantom: outputs valid, closer to the truth than the
+cohort mean, the input untouched, a rerun a no-op, a bad file in one subject not fatal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from bids_synth.bids.validation import find_validator, validate_dataset
+from bids_synth.cli.run import main
+
+from .conftest import tree_digest
+
+
+@pytest.fixture(scope='module')
+def participant_run(phantom6, group_regression, tmp_path_factory):
+    out, _ = group_regression
+    before = tree_digest(phantom6.bids_dir)
+    work = tmp_path_factory.mktemp('pwork')
+    t0 = time.monotonic()
+    code = main([str(phantom6.bids_dir), str(out), 'participant', '-w', str(work),
+                 '--nprocs', '2', '--omp-nthreads', '1'])
+    return {'code': code, 'out': out, 'work': work, 'seconds': time.monotonic() - t0,
+            'before': before}
+
+
+def test_group_writes_model_and_report(group_regression):
+    out, _ = group_regression
+    card = json.loads((out / 'models' / 'regression' / 'model_card.json').read_text())
+    assert card['method'] == 'regression' and card['template']['res'] == 4
+    assert card['validation']['per_target'], 'held-out validation metrics missing'
+    assert (out / 'group_regression.html').is_file()
+
+
+def _output(out, sub, ses, mod, space=False):
+    from bids_synth.bids.derivatives import derivative_path
+
+    kw = {'space': 'MNI152NLin2009aSym', 'res': 4} if space else {}
+    return derivative_path(out, subject=sub, session=ses, modality=mod, **kw)
+
+
+def test_participant_outputs(phantom6, participant_run):
+    assert participant_run['code'] == 0
+    out = participant_run['out']
+    n = 0
+    for (sub, ses), missing in phantom6.missing.items():
+        for mod in missing:
+            for space in (False, True):
+                path = _output(out, sub, ses, mod, space)
+                assert path.is_file(), f'missing output {path}'
+                side = json.loads(path.with_name(path.name.replace('.nii.gz', '.json'))
+                                  .read_text())
+                prov = side['bids_synth']
+                assert prov['method'] == 'regression' and len(prov['model_sha256']) == 64
+                assert side['SkullStripped'] is True
+                assert all(s.startswith('bids:raw:') for s in side['Sources'])
+                assert prov['inputs_used'] and set(prov['inputs_used']).isdisjoint(missing)
+            n += 1
+    assert n > 0
+    desc = json.loads((out / 'dataset_description.json').read_text())
+    assert desc['DatasetType'] == 'derivative'
+    assert desc['GeneratedBy'][0]['Name'] == 'bids_synth'
+    assert list(out.glob('sub-*.html'))
+
+
+@pytest.mark.skipif(find_validator() is None, reason='bids-validator-deno not installed')
+def test_outputs_pass_validator(participant_run):
+    result = validate_dataset(participant_run['out'])
+    assert result.ran and result.ok, result.errors[:5]
+
+
+def test_input_untouched(phantom6, participant_run):
+    assert tree_digest(phantom6.bids_dir) == participant_run['before']
+
+
+def test_closer_to_truth_than_cohort_mean(phantom6, participant_run):
+    """PSNR inside the brain mask: imputation vs the cohort mean image, against ground truth
+    brought to template space by the same conform path."""
+    from bids_synth.bids.layout import collect_sessions, load_layout
+    from bids_synth.metrics import psnr
+    from bids_synth.models.baseline import RegressionImputer
+    from bids_synth.models.imputer import SessionArrays
+    from bids_synth.preprocessing.conform import conform, load_conformed
+    from bids_synth.preprocessing.templates import load_template
+
+    out = participant_run['out']
+    model = RegressionImputer.load(out / 'models' / 'regression')
+    tpl = load_template(4)
+    mask = tpl.mask.astype(bool)
+    truth = {inv.subject: inv for inv in collect_sessions(load_layout(phantom6.ground_truth_dir))}
+    gains = {}
+    for (sub, ses), missing in phantom6.missing.items():
+        for mod in missing:
+            inv = truth[sub]
+            ref = conform(inv.files[mod].path, mod, tpl, participant_run['work'] / f'gt_{sub}_{mod}',
+                          metadata=inv.files[mod].metadata).array
+            pred = load_conformed(_output(out, sub, ses, mod, space=True))
+            mean = model.predict(SessionArrays(sub, ses, {}, {}), (mod,))[mod].mean
+            gains[f'{sub}:{mod}'] = float(np.mean([
+                psnr(pred[c], ref[c], mask) - psnr(mean[c], ref[c], mask)
+                for c in range(ref.shape[0])]))
+    assert gains
+    print('PSNR gain over the cohort mean (dB):', {k: round(v, 2) for k, v in gains.items()})
+    assert np.mean(list(gains.values())) > 0.5
+    assert sum(g > 0 for g in gains.values()) >= 0.75 * len(gains)
+
+
+def test_rerun_is_noop_and_fast(phantom6, participant_run):
+    out, work = participant_run['out'], participant_run['work']
+    files = {p: p.stat().st_mtime_ns for p in out.rglob('sub-*/**/*.nii.gz')}
+    t0 = time.monotonic()
+    code = main([str(phantom6.bids_dir), str(out), 'participant', '-w', str(work),
+                 '--nprocs', '2', '--omp-nthreads', '1', '--skip-bids-validation'])
+    seconds = time.monotonic() - t0
+    assert code == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob('sub-*/**/*.nii.gz')} == files
+    assert seconds < max(30.0, participant_run['seconds'] / 3)
+
+
+def test_bad_file_in_one_subject(phantom6, group_regression, tmp_path, capsys):
+    """A header-only T1w in one subject: one error line naming it, exit 65, others done."""
+    out, _ = group_regression
+    bids = tmp_path / 'bids'
+    shutil.copytree(phantom6.bids_dir, bids)
+    targets = {sub: mods for (sub, _), mods in phantom6.missing.items() if mods}
+    bad_sub, good_sub = sorted(targets)[:2]
+    bad = next(p for p in (bids / f'sub-{bad_sub}').rglob('*.nii.gz'))
+    import nibabel as nib
+
+    hdr = nib.load(bad).header
+    with open(bad.with_suffix('').with_suffix('.nii'), 'wb') as f:  # header-only NIfTI
+        f.write(hdr.binaryblock + b'\x00' * 4)
+    bad.unlink()
+    bad = bad.with_suffix('').with_suffix('.nii')
+    code = main([str(bids), str(tmp_path / 'out'), 'participant', '--model',
+                 str(out / 'models' / 'regression'), '-w', str(tmp_path / 'work'),
+                 '--participant-label', bad_sub, good_sub, '--skip-bids-validation',
+                 '--nprocs', '2'])
+    err = capsys.readouterr().err
+    assert code == 65
+    lines = [ln for ln in err.splitlines() if ln.startswith('bids_synth: error:')]
+    assert len(lines) == 1 and bad.name in lines[0] and 'Traceback' not in err
+    assert list((tmp_path / 'out' / f'sub-{good_sub}').rglob('*desc-synth_*.nii.gz'))
