@@ -58,21 +58,30 @@ def bold_series(rng: np.random.Generator, *, baseline: np.ndarray, gm: np.ndarra
         sig.append(np.sqrt(c) * shared + np.sqrt(1 - c) * band_limited(rng, t, TR_S))
     sig = np.stack(sig).astype(np.float32)  # (R, T)
     shape = baseline.shape
-    w = nodes.reshape(len(names), -1).T * gm.reshape(-1, 1)  # (V, R)
-    frac = w @ (0.02 * sig) + gm.reshape(-1, 1) * (0.006 * glob.astype(np.float32))[None]
-    # spatially smooth physiological noise: low-rank (smooth random maps x band-limited series)
+    # spatial arrays flattened in Fortran order, series computed as (T, V): the result is a
+    # Fortran-ordered (X, Y, Z, T) array, the NIfTI layout, written without a transposing copy
+    g = gm.ravel(order='F')[None]
+    # spatially smooth physiological noise: low rank (smooth random maps x broadband series)
     q = 16
     maps = np.stack([ndi.zoom(rng.standard_normal((6, 6, 5)).astype(np.float32),
-                              [n / m for n, m in zip(shape, (6, 6, 5))], order=1)
-                     for _ in range(q)]).reshape(q, -1)
+                              [n / m for n, m in zip(shape, (6, 6, 5))], order=1).ravel(order='F')
+                     for _ in range(q)])
     series = np.stack([band_limited(rng, t, TR_S, 0.005, 0.25) for _ in range(q)])
-    phys = (maps.T @ (series.astype(np.float32) * np.float32(0.004 / np.sqrt(q))))
-    data = baseline[..., None] * (1 + (frac + phys).reshape(shape + (t,)))
-    drift = np.linspace(-1, 1, t, dtype=np.float32) * np.float32(rng.normal(0, 0.004))
-    data *= 1 + drift
-    data += rng.standard_normal(data.shape, dtype=np.float32) * np.float32(
-        0.01 * float(np.percentile(baseline[baseline > 0], 90)) if (baseline > 0).any() else 1.0)
-    return np.abs(data)
+    drift = np.linspace(-1, 1, t) * rng.normal(0, 0.004)
+    # one product: [signals, global, physio, 1+drift]^T @ [node weights x GM, GM, maps, 1]
+    w_all = np.concatenate([np.stack([m.ravel(order='F') for m in nodes]) * g, g, maps,
+                            np.ones_like(g)]).astype(np.float32)  # (K, V)
+    s_all = np.concatenate([0.02 * sig, 0.006 * glob[None], 0.004 / np.sqrt(q) * series,
+                            1 + drift[None]]).astype(np.float32)  # (K, T)
+    data = s_all.T @ w_all  # (T, V): 1 + fractional signal change
+    data *= baseline.ravel(order='F')[None]
+    sigma = 0.01 * float(np.percentile(baseline[baseline > 0], 90)) if (baseline > 0).any() \
+        else 1.0
+    noise = rng.standard_normal(data.shape, dtype=np.float32)
+    noise *= np.float32(sigma)
+    data += noise
+    np.abs(data, out=data)
+    return data.reshape((t,) + shape[::-1]).transpose(3, 2, 1, 0)
 
 
 def bold_sidecar(n_slices: int) -> dict:

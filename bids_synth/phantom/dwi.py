@@ -53,27 +53,31 @@ def _s0(tissue: str) -> float:
 def dwi_signal(frac: dict, dyad: np.ndarray, rotation: np.ndarray, bvals, dirs, d: dict):
     """Noise-free DWI (X, Y, Z, N) from native tissue fractions and fibre dyadics (6, ...)."""
     shape = frac['gm'].shape
-    m = dyad.reshape(6, -1).T  # (V, 6): xx yy zz xy xz yz in template axes
+    n = len(bvals)
+
+    def flat(a):  # Fortran-order flattening: the result is the NIfTI (X, Y, Z, N) layout
+        return a.ravel(order='F')[None]
+
+    m = np.stack([c.ravel(order='F') for c in dyad])  # (6, V): xx yy zz xy xz yz
     g = np.asarray(dirs, dtype=np.float64) @ rotation  # rows R^T g: g^T R M R^T g
     coef = np.stack([g[:, 0] ** 2, g[:, 1] ** 2, g[:, 2] ** 2, 2 * g[:, 0] * g[:, 1],
-                     2 * g[:, 0] * g[:, 2], 2 * g[:, 1] * g[:, 2]]).astype(np.float32)
-    proj = m @ coef  # (V, N): squared cosine between fibre and gradient
-    b = np.asarray(bvals, dtype=np.float32)[None]
-    wm = (frac['wm'] - frac['wmh']).reshape(-1, 1)
-    out = wm * np.float32(_s0('wm')) * np.exp(
-        -b * np.float32(d['wm_perp']) - b * np.float32(d['wm_par'] - d['wm_perp']) * proj)
-    les = frac['wmh'].reshape(-1)
-    on = les > 1e-3
-    if on.any():
-        out[on] += les[on, None] * np.float32(_s0('wmh')) * np.exp(
+                     2 * g[:, 0] * g[:, 2], 2 * g[:, 1] * g[:, 2]], 1).astype(np.float32)
+    proj = coef @ m  # (N, V): squared cosine between fibre and gradient
+    b = np.asarray(bvals, dtype=np.float32)[:, None]
+    out = proj * (-b * np.float32(d['wm_par'] - d['wm_perp']))
+    out -= b * np.float32(d['wm_perp'])
+    np.exp(out, out=out)
+    out *= flat(frac['wm'] - frac['wmh']) * np.float32(_s0('wm'))
+    les = frac['wmh'].ravel(order='F')
+    on = np.flatnonzero(les > 1e-3)
+    if on.size:
+        out[:, on] += les[on][None] * np.float32(_s0('wmh')) * np.exp(
             -b * np.float32(d['wmh_perp'])
-            - b * np.float32(d['wmh_par'] - d['wmh_perp']) * proj[on])
-    iso = (frac['gm'].reshape(-1, 1) * np.float32(_s0('gm')) * np.exp(-b * np.float32(d['gm']))
-           + frac['csf'].reshape(-1, 1) * np.float32(_s0('csf'))
-           * np.exp(-b * np.float32(d['csf'])))
-    out += iso
+            - b * np.float32(d['wmh_par'] - d['wmh_perp']) * proj[:, on])
+    out += (flat(frac['gm']) * np.float32(_s0('gm')) * np.exp(-b * np.float32(d['gm']))
+            + flat(frac['csf']) * np.float32(_s0('csf')) * np.exp(-b * np.float32(d['csf'])))
     out *= np.float32(1000.0)
-    return out.reshape(shape + (len(bvals),))
+    return out.reshape((n,) + shape[::-1]).transpose(3, 2, 1, 0)
 
 
 def fsl_bvecs(dirs: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -78,11 +78,25 @@ def bias_field(rng: np.random.Generator, shape, strength: float = 0.2) -> np.nda
     return np.exp(strength * upsample_separable(coarse, pos, shape)).astype(np.float32)
 
 
+def _normal_like(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
+    """Standard normal float32 array with the shape and memory layout (C or F) of ``a``."""
+    if a.flags.f_contiguous and not a.flags.c_contiguous:
+        return rng.standard_normal(a.shape[::-1], dtype=np.float32).T
+    return rng.standard_normal(a.shape, dtype=np.float32)
+
+
 def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
     """Magnitude of the signal plus complex Gaussian noise of std ``sigma`` per channel."""
-    re = signal + rng.standard_normal(signal.shape, dtype=np.float32) * np.float32(sigma)
-    im = rng.standard_normal(signal.shape, dtype=np.float32) * np.float32(sigma)
-    return np.sqrt(re * re + im * im)
+    s = np.float32(sigma)
+    re = _normal_like(rng, signal)
+    re *= s
+    re += signal
+    np.square(re, out=re)
+    im = _normal_like(rng, signal)
+    im *= s
+    np.square(im, out=im)
+    re += im
+    return np.sqrt(re, out=re)
 
 
 def anat_sidecar(name: str) -> dict:

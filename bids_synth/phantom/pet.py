@@ -41,9 +41,9 @@ def uptake_map(tracer: str, tis: Tissues, tpl: Template, *, severity: float, amy
         return (gm * g + wm * 0.28 + csf * 0.04).astype(np.float32)
     load = 0.0
     if amyloid:
-        load = 0.45 + 0.35 * min(severity / 0.8, 1.0) + 0.08 * rng.standard_normal()
-    load += 0.03 * apoe4
-    g = 0.95 + load * neocortex * (0.55 + 0.45 * amy)
+        load = 0.75 + 0.5 * min(severity / 0.8, 1.0) + 0.1 * rng.standard_normal()
+    load += 0.04 * apoe4
+    g = 1.35 + load * neocortex * (0.55 + 0.45 * amy)
     return (gm * g + wm * 1.45 + csf * 0.08).astype(np.float32)
 
 

@@ -63,24 +63,35 @@ def _rng(*key: int) -> np.random.Generator:
 
 
 def _nifti_bytes(data: np.ndarray, affine: np.ndarray, tr: float | None = None) -> bytes:
-    """gzip-compressed NIfTI-1 (mtime 0: same data, same bytes).
+    """gzip-compressed single-file NIfTI-1 (gzip mtime 0: same data, same bytes).
 
     Data whose range fits are stored as plain int16 (rounded, as scanners do); others are
-    scaled into int16 by nibabel (scl_slope).
+    scaled into int16 (scl_slope). The file is assembled from nibabel's header and the
+    Fortran-ordered array (what ``to_bytes`` writes, without its chunked copies).
     """
     data = np.asarray(data, dtype=np.float32)
-    if float(data.max()) < 32000 and float(data.min()) > -32000:
-        img = nib.Nifti1Image(np.rint(data).astype(np.int16), affine)
+    lo, hi = float(data.min()), float(data.max())
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(data.shape)
+    hdr.set_data_dtype(np.int16)
+    if -32000 < lo and hi < 32000:
+        arr, slope = np.rint(data).astype(np.int16), None
     else:
-        img = nib.Nifti1Image(data, affine)
-        img.set_data_dtype(np.int16)
-    img.header.set_qform(affine, code=1)
-    img.header.set_sform(affine, code=1)
-    img.header.set_xyzt_units('mm', 'sec')
-    if tr is not None:
-        zooms = img.header.get_zooms()
-        img.header.set_zooms(zooms[:3] + (tr,))
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+        slope = max(abs(lo), abs(hi)) / 32000.0
+        arr = np.rint(data / slope).astype(np.int16)
+    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=1)
+    hdr.set_xyzt_units('mm', 'sec')
+    zooms = tuple(float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(0)))
+    extra = tuple(1.0 for _ in data.shape[3:])
+    if tr is not None and extra:
+        extra = (float(tr),) + extra[1:]
+    hdr.set_zooms(zooms + extra)
+    if slope is not None:
+        hdr.set_slope_inter(slope, 0.0)
+    hdr['vox_offset'] = 352
+    raw = hdr.binaryblock + b'\x00' * 4 + arr.tobytes(order='F')
+    return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
 def _write(roots: list[Path], rel: str, payload: bytes | str) -> None:
@@ -115,8 +126,8 @@ def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modaliti
     anat_needed = any(m in modalities for m in ('T1w', 'T2w', 'FLAIR')) and resolution != 'low'
     tis = session_tissues(tpl, age=visit.age, severity=visit.severity, score=score,
                           vascular=vascular, with_1mm=anat_needed)
-    # ventricles enlarge ~2.5 %/year of volume after 55 (linear ~0.8 %) plus AD
-    vent_mm = 0.06 * max(visit.age - 55, 0) + 2.0 * visit.severity
+    # ventricle walls pushed out with age (volume roughly doubles from 60 to 85) and AD
+    vent_mm = 0.12 * max(visit.age - 55, 0) + 3.0 * visit.severity
     deform = make_deformation(_rng(seed, sub_index, 1000), tpl, head_scale=subj.head_scale,
                               ventricle_mm=vent_mm, mt_mm=3.0 * visit.severity)
     pose_rng = _rng(seed, sub_index, k, 2000)
@@ -177,7 +188,7 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> di
         base = sum(frac[t] * mri._tissue_signal(seq, *mri.TISSUE_PARAMS[t])
                    for t in ('gm', 'csf', 'wmh')) + (frac['wm'] - frac['wmh']) * \
             mri._tissue_signal(seq, *mri.TISSUE_PARAMS['wm'])
-        base = (10000.0 * base * bias).astype(np.float32)
+        base = (2500.0 * base * bias).astype(np.float32)  # GM ~1000, as scanners store
         data = boldm.bold_series(rng, baseline=base, gm=frac['gm'], nodes=nodes, names=names,
                                  severity=visit.severity, n_vols=res['bold_vols'], zooms=zooms)
         return {'.nii.gz': _nifti_bytes(data, grid.affine, tr=boldm.TR_S),
