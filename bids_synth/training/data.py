@@ -1,0 +1,113 @@
+"""Training data: a cohort as tensors, random input masking and autoencoder patches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.conditioning import ClinicalBatch, clinical_batch
+from ..models.config import ModelSpec
+from ..models.imputer import SessionArrays
+from ..models.synthesis import stack_images
+
+__all__ = ['Cohort', 'build_cohort', 'random_inputs', 'random_patches']
+
+
+@dataclass
+class Cohort:
+    """Sessions stacked in the model's channel order.
+
+    images : torch.Tensor, shape (N, C_total, X, Y, Z), float32 (zeros where missing)
+    present : torch.Tensor, shape (N, M), bool
+    clinical : ClinicalBatch, N rows
+    subjects : list of str
+    """
+
+    images: torch.Tensor
+    present: torch.Tensor
+    clinical: ClinicalBatch
+    subjects: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def build_cohort(sessions: list[SessionArrays], spec: ModelSpec, schema: dict) -> Cohort:
+    """Stack sessions (shapes checked, unknown modalities ignored)."""
+    imgs, pres = [], []
+    for s in sessions:
+        where = f'sub-{s.subject}' + (f'_ses-{s.session}' if s.session else '')
+        a, p = stack_images({m: v for m, v in s.images.items() if m in spec.modalities}, spec, where)
+        imgs.append(a)
+        pres.append(p)
+    return Cohort(torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(pres)),
+                  clinical_batch([s.clinical or {} for s in sessions], schema),
+                  [s.subject for s in sessions])
+
+
+def random_inputs(present: torch.Tensor, generator: torch.Generator,
+                  keep_prob: float = 0.5, all_prob: float = 0.1) -> torch.Tensor:
+    """Random non-empty subsets of the present modalities to use as inputs.
+
+    Each present modality is kept with ``keep_prob``; with probability ``all_prob`` all are
+    kept (pure reconstruction). When two or more are present at least one is hidden otherwise,
+    and at least one is always kept, so every subset size occurs.
+
+    Parameters
+    ----------
+    present : torch.Tensor, shape (B, M), bool
+
+    Returns
+    -------
+    torch.Tensor, shape (B, M), bool, a subset of ``present``
+    """
+    b, m = present.shape
+    keep = (torch.rand((b, m), generator=generator) < keep_prob) & present
+    everything = torch.rand((b,), generator=generator) < all_prob
+    scores = torch.rand((b, m), generator=generator) + (~present) * 10  # present ones first
+    order = scores.argsort(dim=1)
+    for i in range(b):
+        n = int(present[i].sum())
+        if n == 0:
+            continue
+        if everything[i]:
+            keep[i] = present[i]
+            continue
+        if not keep[i].any():
+            keep[i, order[i, 0]] = True
+        if n >= 2 and bool((keep[i] == present[i]).all()):
+            keep[i, order[i, n - 1]] = False
+    return keep
+
+
+def random_patches(images: torch.Tensor, present: torch.Tensor, spec: ModelSpec, n: int,
+                   size: int, generator: torch.Generator,
+                   mask: np.ndarray | None = None) -> torch.Tensor:
+    """Random 1-channel cubic patches from present channels, centred inside the brain box.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, 1, size, size, size)
+    """
+    chans = [(i, c) for i in range(images.shape[0])
+             for j, sl in enumerate(spec.channel_slices().values()) if present[i, j]
+             for c in range(sl.start, sl.stop)]
+    shape = images.shape[2:]
+    if mask is not None and mask.any():
+        idx = np.argwhere(mask)
+        lo, hi = idx.min(0), idx.max(0)
+    else:
+        lo, hi = np.zeros(3, int), np.array(shape) - 1
+    out = torch.empty((n, 1, size, size, size))
+    pick = torch.randint(len(chans), (n,), generator=generator)
+    for k in range(n):
+        i, c = chans[int(pick[k])]
+        start = []
+        for d in range(3):
+            centre = int(lo[d]) + int(torch.randint(int(hi[d] - lo[d]) + 1, (1,), generator=generator))
+            start.append(min(max(centre - size // 2, 0), shape[d] - size))
+        x, y, z = start
+        out[k, 0] = images[i, c, x:x + size, y:y + size, z:z + size]
+    return out
