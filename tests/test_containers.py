@@ -169,7 +169,7 @@ def test_dockerignore_keeps_what_the_build_copies():
                 'bids_synth/__pycache__/x.pyc'):
         assert _dockerignored(out, patterns), f'{out} would be sent to the build context'
     # the embedded default model ships as package data: it must reach the image
-    assert not _dockerignored('bids_synth/data/models/default/model.safetensors', patterns)
+    assert not _dockerignored('bids_synth/data/default_model/model.safetensors', patterns)
 
 
 # --- Singularity.def -------------------------------------------------------------------------

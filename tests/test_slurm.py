@@ -32,9 +32,11 @@ RECIPE = REPO / 'workflows' / 'slurm' / 'participant_array.sbatch'
 PLUGIN_YML = REPO / 'workflows' / 'slurm' / 'nipype_slurm.yml'
 # small requests that fit the test node (the recipe's own #SBATCH lines ask for a real node)
 SMALL = ['--cpus-per-task=1', '--mem=1G', '--time=00:20:00']
+# the end-to-end test: anatomical modalities only, to keep it short
+MODALITIES = ('T1w', 'T2w', 'FLAIR')
 
 
-def _test_plugin_file(path: Path, work: Path) -> Path:
+def _test_plugin_file(path: Path) -> Path:
     """The shipped plugin YAML with resource requests that fit the single test node."""
     cfg = yaml.safe_load(PLUGIN_YML.read_text())
     assert cfg['plugin'] == 'SLURM'
@@ -125,12 +127,12 @@ def test_nipype_plugin_file_runs_nodes_as_slurm_jobs(slurm_cluster, tmp_path, mo
     for k, v in slurm_cluster.env.items():
         if k in ('SLURM_CONF', 'LOGNAME', 'USER'):
             monkeypatch.setenv(k, v)
-    cfg = yaml.safe_load(_test_plugin_file(tmp_path / 'plugin.yml', tmp_path).read_text())
+    cfg = yaml.safe_load(_test_plugin_file(tmp_path / 'plugin.yml').read_text())
     wf = Workflow(name='wf', base_dir=str(tmp_path / 'work'))
     fn = Function(input_names=['a', 'b'], output_names=['s', 'job'], function=_add)
     n1 = Node(fn, name='first')
     n1.inputs.a, n1.inputs.b = 1, 2
-    n2 = Node(fn.__class__(input_names=['a', 'b'], output_names=['s', 'job'], function=_add),
+    n2 = Node(Function(input_names=['a', 'b'], output_names=['s', 'job'], function=_add),
               name='second')
     n2.inputs.b = 10
     wf.connect(n1, 's', n2, 'a')
@@ -215,26 +217,40 @@ def test_participant_on_slurm_equals_multiproc(slurm_cluster, tmp_path):
     env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')
     env.setdefault('TEMPLATEFLOW_HOME', str(tmp_path / 'templateflow'))
     times = {}
-    bids = tmp_path / 'bids'
+    # a complete 'low' phantom to fit on (4 subjects: the group level holds some out for
+    # validation), and the 2-subject dataset to impute: its first 2 subjects, scans removed
+    full, bids = tmp_path / 'bids_complete', tmp_path / 'bids'
     t0 = time.monotonic()
-    generate_cohort(bids, n_subjects=2, resolution='low')
+    generate_cohort(full, n_subjects=4, resolution='low', modalities=MODALITIES, missing=0)
     times['phantom'] = time.monotonic() - t0
-    labels = sorted(p.name[4:] for p in bids.glob('sub-*') if p.is_dir())
-    assert len(labels) == 2, labels
+    labels = sorted(p.name[4:] for p in full.glob('sub-*') if p.is_dir())[:2]
+    shutil.copytree(full, bids, ignore=lambda d, names: [
+        n for n in names if n.startswith('sub-') and n[4:] not in labels and Path(d) == full])
+    tsv = (bids / 'participants.tsv').read_text().splitlines()
+    (bids / 'participants.tsv').write_text('\n'.join(
+        [tsv[0]] + [ln for ln in tsv[1:] if ln.split('\t')[0][4:] in labels]) + '\n')
+    for label, gone in zip(labels, ('T2w', 'FLAIR')):
+        files = sorted(bids.glob(f'sub-{label}/**/*_{gone}.*'))
+        assert files, f'sub-{label} has no {gone} to remove'
+        for f in files:
+            f.unlink()
+    assert sorted(p.name for p in bids.glob('sub-*')) == [f'sub-{x}' for x in labels]
 
-    # one deterministic regression model, fitted once; each run starts from a copy of its output
+    # one deterministic regression model, fitted once, used by every run
     fitted = tmp_path / 'fitted'
-    times['group'] = _cli([bids, fitted, 'group', '--method', 'regression',
+    common = ['--method', 'regression', '--skip-bids-validation', '--omp-nthreads', '1']
+    times['group'] = _cli([full, fitted, 'group', *common, '--res', '4',
                            '-w', tmp_path / 'work_group'], env, 1200, tmp_path)
+    model = fitted / 'models' / 'regression'
+    assert (model / 'model_card.json').is_file(), sorted(fitted.rglob('*'))[:20]
+    common += ['--model', str(model)]
     outs = {k: tmp_path / f'out_{k}' for k in ('multiproc', 'plugin', 'array')}
-    for o in outs.values():
-        shutil.copytree(fitted, o)
 
-    times['multiproc'] = _cli([bids, outs['multiproc'], 'participant', '--method', 'regression',
-                               '--nprocs', '2', '-w', tmp_path / 'work_mp'], env, 1200, tmp_path)
+    times['multiproc'] = _cli([bids, outs['multiproc'], 'participant', *common, '--nprocs', '2',
+                               '-w', tmp_path / 'work_mp'], env, 1200, tmp_path)
 
-    plugin = _test_plugin_file(tmp_path / 'plugin.yml', tmp_path)
-    times['slurm_plugin'] = _cli([bids, outs['plugin'], 'participant', '--method', 'regression',
+    plugin = _test_plugin_file(tmp_path / 'plugin.yml')
+    times['slurm_plugin'] = _cli([bids, outs['plugin'], 'participant', *common,
                                   '--use-plugin', plugin, '-w', tmp_path / 'work_plugin'],
                                  env, 1800, tmp_path)
 
@@ -242,9 +258,8 @@ def test_participant_on_slurm_equals_multiproc(slurm_cluster, tmp_path):
     slurm_cluster.sbatch(
         ['--cpus-per-task=1', '--mem=4G', '--time=00:30:00', f'--array=1-{len(labels)}',
          f'--output={tmp_path}/array-%a.log', str(RECIPE), str(bids), str(outs['array']),
-         '--method', 'regression'],
-        env={'PATH': env['PATH'], 'WORK_ROOT': str(tmp_path / 'work_array')},
-        cwd=tmp_path, timeout=1800)
+         *common],
+        env={**env, 'WORK_ROOT': str(tmp_path / 'work_array')}, cwd=tmp_path, timeout=1800)
     times['slurm_array'] = time.monotonic() - t0
     for label in labels:  # each task did its own participant, in its own work dir
         assert (tmp_path / 'work_array' / label).is_dir()

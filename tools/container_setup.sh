@@ -49,16 +49,14 @@ PY
 
 echo "container_setup: embedded default model"
 "$py" - <<'PY'
-from pathlib import Path
+from bids_synth.models.checkpoint import read_card
+from bids_synth.workflows.base import default_model_dir
 
-import bids_synth
-
-data = Path(bids_synth.__file__).parent / 'data'
-cards = sorted(data.rglob('model_card.json'))
-if not cards:
-    raise SystemExit(f'container_setup: no embedded default model (model_card.json) under {data}')
-for card in cards:
-    print(f'container_setup: model {card.parent.relative_to(data)}')
+path = default_model_dir()
+if not (path / 'model_card.json').is_file():
+    raise SystemExit(f'container_setup: no embedded default model at {path} (model_card.json)')
+card = read_card(path)
+print(f"container_setup: default model {card.get('name')} ({card.get('method')}) at {path}")
 PY
 
 chmod -R a+rX "$TEMPLATEFLOW_HOME"
