@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                     'clinical data, missing modalities and a complete ground truth.',
     )
     p.add_argument('output_dir', metavar='OUTPUT_DIR', help='BIDS dataset to create')
-    p.add_argument('-n', '--subjects', '--n-subjects', dest='subjects', type=int, default=6, help='number of participants')
+    p.add_argument('-n', '--subjects', '--n-subjects', dest='subjects', type=int, default=6,
+                   help='number of participants')
     p.add_argument('--sessions', '--n-sessions', dest='sessions', type=int, default=1,
                    help='sessions per participant (longitudinal when > 1)')
     p.add_argument('--seed', type=int, default=0, help='random seed (same seed, same data)')

@@ -91,7 +91,7 @@ def draw_subject(rng: np.random.Generator, label: str, n_sessions: int) -> Subje
     """Draw one coherent subject with ``n_sessions`` visits 1-2 years apart."""
     dx = str(rng.choice(_DX, p=_DX_P))
     sex = 'M' if rng.random() < 0.5 else 'F'
-    age = float(np.clip(rng.normal({'CN': 70, 'MCI': 73, 'AD': 75}[dx], 7), 55, 88))
+    age = float(np.clip(rng.normal({'CN': 70, 'MCI': 73, 'AD': 75}[dx], 7), 55, 90))
     edu = int(np.clip(round(rng.normal(16 - (dx == 'AD'), 2.8)), 6, 22))
     apoe4 = int(rng.choice(3, p=_APOE_P[dx]))
     logit = _AMY_LOGIT[dx] + 1.2 * apoe4 + 0.03 * (age - 70)

@@ -1,6 +1,6 @@
 """PNG mosaic of one phantom subject's modalities (the picture in docs/phantom.md).
 
-    python -m bids_synth.phantom.mosaic docs/img/phantom_mosaic.png [--seed 3] [--resolution default]
+    python -m bids_synth.phantom.mosaic docs/img/phantom_mosaic.png [--seed 3]
 
 Generates a 2-subject cohort in a temporary folder (no missing modality), picks the subject with
 the most advanced disease, and shows each modality of its ground truth in three orthogonal
