@@ -138,6 +138,22 @@ def test_headers_and_sidecars(cohort):
     assert len(codes) >= 3  # varied orientation codes
 
 
+def test_known_pose_maps_images_to_template(cohort):
+    """Each image's recorded voxel-to-MNI affine puts its brain where the template's brain is."""
+    centre = np.array([0.0, -22.0, 9.5])  # brain-mask centroid of the MNI152 2009a template
+    for (sub, ses), info in cohort.sessions.items():
+        for mod in ('T1w', 'FDG', 'dwi'):
+            img = nib.load(cohort.ground_truth_dir / relpath(mod, sub, ses))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            data = data.mean(-1) if data.ndim == 4 else data
+            ijk = np.argwhere(data > 0.3 * np.percentile(data, 99.5))
+            aff = np.array(info['template_from_voxel'][mod])
+            mni = aff[:3, :3] @ ijk.mean(0) + aff[:3, 3]
+            assert np.linalg.norm(mni - centre) < 10, (sub, ses, mod, mni)
+        assert not np.allclose(np.array(info['template_from_voxel']['T1w'])[:3, :3],
+                               np.array(info['template_from_voxel']['FDG'])[:3, :3])
+
+
 def test_participants_coherent(cohort):
     bids = cohort.bids_dir
     header = (bids / 'participants.tsv').read_text().splitlines()[0].split('\t')
@@ -207,6 +223,15 @@ def test_ventricles_grow_with_age_and_ad(variants):
     young, old, ad = (_ventricle_ml(variants[t]) for t in ('young', 'old', 'ad'))
     assert old > 1.2 * young
     assert ad > old
+
+
+def test_medial_temporal_atrophy_in_ad(variants):
+    """Hippocampal GM lost to CSF: darker hippocampus on T1w (relative to WM) in AD."""
+    ratio = {}
+    for tag in ('old', 'ad'):
+        t1, aff = _load(variants[tag], 'T1w')
+        ratio[tag] = _mean(t1, aff, 'hippocampus') / np.percentile(t1[t1 > 100], 95)
+    assert ratio['ad'] < 0.9 * ratio['old']
 
 
 def test_wmh_on_flair_grow_with_age(variants):

@@ -8,8 +8,10 @@ smooth mapping::
 
 The template is nilearn's MNI152 2009a symmetric GM/WM maps and brain mask at 1 mm (CSF is
 the brain mask minus GM and WM). The warp is the exponential (scaling and squaring) of a
-stationary velocity field: a smooth random field (individual anatomy) plus two disease/age
-terms (ventricles pulled open, medial temporal lobe pulled shut), so it stays invertible.
+stationary velocity field: a smooth random field (individual anatomy) plus an age/disease term
+that pulls the ventricles open (and an optional medial-temporal shrinkage term, off by default:
+shrinking a structure by a warp pulls WM in, whereas atrophy leaves CSF, which ``tissues``
+models), so it stays invertible.
 
 The template itself (tissue maps, fibre orientations, regional weights) is prepared in
 ``template``. The composite mapping is evaluated on a coarse sub-grid of each native grid

@@ -129,7 +129,7 @@ def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modaliti
     # ventricle walls pushed out with age (volume roughly doubles from 60 to 85) and AD
     vent_mm = 0.12 * max(visit.age - 55, 0) + 3.0 * visit.severity
     deform = make_deformation(_rng(seed, sub_index, 1000), tpl, head_scale=subj.head_scale,
-                              ventricle_mm=vent_mm, mt_mm=3.0 * visit.severity)
+                              ventricle_mm=vent_mm, mt_mm=0.0)
     pose_rng = _rng(seed, sub_index, k, 2000)
     mri_pose = make_pose(pose_rng, tpl.centre)
     truth = {'age': visit.age, 'severity': visit.severity, 'mmse': visit.mmse,

@@ -64,7 +64,7 @@ def session_tissues(
     """Tissue fractions for one session (age in years, severity in [0, 1])."""
     mt = tpl.maps['mt']
     thin = float(np.clip(0.003 * (age - 55.0) + 0.08 * severity, 0, 0.3))
-    loss2 = thin + 0.45 * severity * mt  # fraction of GM turned into CSF (2 mm)
+    loss2 = thin + 0.6 * severity * mt  # fraction of GM turned into CSF (2 mm)
     # lesions: the top of the subject's lesion score inside WM, sized by age
     wm_in = tpl.wm2 > 0.5
     vol_vox = wmh_volume_ml(age, vascular) * 1000.0 / 8.0
