@@ -144,7 +144,12 @@ class DiffusionImputer:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f'{path}: model card architecture is invalid ({exc})') from None
         state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[1:2] or ['']
+            raise ModelError(f'{path}: weights do not match the card architecture '
+                             f'({first[0].strip()})') from None
         if missing or unexpected:
             raise ModelError(f'{path}: weights do not match the card architecture '
                              f'(missing {missing[:3]}, unexpected {unexpected[:3]})')

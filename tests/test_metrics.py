@@ -1,0 +1,69 @@
+"""Metrics inside the brain mask only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bids_synth.metrics import mae, psnr, score, ssim
+
+
+@pytest.fixture()
+def data():
+    rng = np.random.default_rng(0)
+    ref = rng.random((24, 24, 24)).astype(np.float32) + 1
+    mask = np.zeros(ref.shape, bool)
+    mask[6:18, 6:18, 6:18] = True
+    return ref, mask
+
+
+def test_perfect_prediction(data):
+    ref, mask = data
+    s = score(ref, ref, mask)
+    assert s['mae'] == 0 and s['ssim'] == pytest.approx(1.0) and s['psnr'] == 100.0
+
+
+def test_background_does_not_count(data):
+    ref, mask = data
+    pred = ref + 0.05 * mask
+    a = score(pred, ref, mask)
+    junk = pred.copy()
+    junk[:1] = 123.0  # outside the mask and the SSIM windows (half-width 5) of mask voxels
+    b = score(junk, ref, mask)
+    assert a == pytest.approx(b)
+    # zeroing the background (ACADiff) would change nothing either: we never use it
+    assert mae(pred, ref, mask) == pytest.approx(0.05, abs=1e-6)
+
+
+def test_psnr_uses_reference_range_in_mask(data):
+    ref, mask = data
+    pred = ref + 0.1
+    dr = ref[mask].max() - ref[mask].min()
+    want = 10 * np.log10(dr**2 / 0.01)
+    assert psnr(pred, ref, mask) == pytest.approx(want, abs=1e-3)
+    assert psnr(pred, ref, mask, data_range=2.0) == pytest.approx(10 * np.log10(4 / 0.01), abs=1e-3)
+
+
+def test_worse_prediction_scores_worse(data):
+    ref, mask = data
+    rng = np.random.default_rng(1)
+    good = ref + 0.01 * rng.standard_normal(ref.shape).astype(np.float32)
+    bad = ref + 0.3 * rng.standard_normal(ref.shape).astype(np.float32)
+    g, b = score(good, ref, mask), score(bad, ref, mask)
+    assert g['psnr'] > b['psnr'] and g['ssim'] > b['ssim'] and g['mae'] < b['mae']
+
+
+def test_multichannel_is_channel_mean(data):
+    ref, mask = data
+    two = np.stack([ref, ref])
+    pred = np.stack([ref, ref + 0.1])
+    assert mae(pred, two, mask) == pytest.approx(0.05, abs=1e-6)
+    assert ssim(pred, two, mask) == pytest.approx((1 + ssim(ref + 0.1, ref, mask)) / 2)
+
+
+def test_errors(data):
+    ref, mask = data
+    with pytest.raises(ValueError, match='shapes differ'):
+        score(ref[:-1], ref, mask)
+    with pytest.raises(ValueError, match='empty'):
+        score(ref, ref, np.zeros_like(mask))

@@ -1,0 +1,143 @@
+"""DiffusionImputer: every input subset, shapes, determinism, checkpoint round trip, refusals."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bids_synth.errors import ModelError
+from bids_synth.models.imputer import Imputer, SessionArrays, load_imputer
+from bids_synth.models.synthesis import DiffusionImputer
+from bids_synth.training.diffusion import train_diffusion
+from bids_synth.training.toy import TOY_SCHEMA, toy_cohort
+
+MODS = ('T1w', 'FDG', 'bold')
+SUBSETS = [c for r in range(len(MODS) + 1) for c in itertools.combinations(MODS, r)]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    sessions, mask = toy_cohort(8, 4, MODS, seed=0)
+    out = tmp_path_factory.mktemp('model') / 'tiny'
+    path = train_diffusion(sessions, mask=mask, clinical_schema=TOY_SCHEMA, out_dir=out,
+                           modalities=MODS, res=8, config='tiny', progress=False)
+    return path, sessions, mask
+
+
+def test_protocol_and_card(trained):
+    path, _, _ = trained
+    model = load_imputer(path)
+    assert isinstance(model, DiffusionImputer) and isinstance(model, Imputer)
+    card = model.card()
+    assert card['method'] == 'diffusion' and card['modalities'] == list(MODS)
+    assert card['channels'] == {'T1w': 1, 'FDG': 1, 'bold': 6}
+    assert card['template']['res'] == 8 and card['template']['shape'] == [24, 28, 24]
+    assert card['clinical_schema']['sex']['levels'] == ['F', 'M']
+    assert card['training']['split']['by'] == 'subject'
+    assert not set(card['training']['split']['train_subjects']) & set(
+        card['training']['split']['val_subjects'])
+    assert set(card['validation']['per_target']) <= set(MODS)
+    for target, patterns in card['validation']['per_pattern'].items():
+        for pattern, m in patterns.items():
+            assert target not in pattern.split('+')
+            assert {'psnr', 'ssim', 'mae', 'n'} <= set(m)
+    assert set(card['validation']['autoencoder_psnr']) == set(MODS)
+    assert card['sampler']['default'] in ('rflow', 'ddim')
+
+
+@pytest.mark.parametrize('available', SUBSETS, ids=lambda s: '+'.join(s) or 'none')
+def test_every_subset_predicts_the_rest(trained, available):
+    path, sessions, _ = trained
+    model = DiffusionImputer.load(path)
+    s = sessions[0]
+    session = SessionArrays(s.subject, s.session, {m: s.images[m] for m in available},
+                            {'age': 70.0, 'sex': None})
+    targets = tuple(m for m in MODS if m not in available) or ('T1w',)
+    preds = model.predict(session, targets, seed=3, num_samples=2)
+    assert set(preds) == set(targets)
+    for t, p in preds.items():
+        want = s.images[t].shape
+        assert p.mean.shape == want and p.mean.dtype == np.float32
+        assert p.std is not None and p.std.shape == want and (p.std >= 0).all()
+        assert np.isfinite(p.mean).all()
+        inputs = [m for m in available if m != t]
+        assert sorted(p.extra['fusion_weights']) == sorted(inputs)
+        total = sum(p.extra['fusion_weights'].values()) + p.extra['null_weight']
+        assert total == pytest.approx(1.0, abs=1e-5)
+        assert p.extra['steps'] >= 1 and p.extra['sampler'] in ('rflow', 'ddim')
+
+
+def test_same_seed_same_image(trained):
+    path, sessions, _ = trained
+    a, b = DiffusionImputer.load(path), DiffusionImputer.load(path)
+    s = SessionArrays('x', None, {'T1w': sessions[1].images['T1w']}, {})
+    for sampler in ('rflow', 'ddim'):
+        p1 = a.predict(s, ('FDG',), seed=7, sampler=sampler)['FDG']
+        p2 = b.predict(s, ('FDG',), seed=7, sampler=sampler)['FDG']
+        p3 = a.predict(s, ('FDG',), seed=8, sampler=sampler)['FDG']
+        np.testing.assert_array_equal(p1.mean, p2.mean)
+        assert p1.std is None
+        assert not np.array_equal(p1.mean, p3.mean)
+
+
+def test_checkpoint_round_trip(trained, tmp_path):
+    path, sessions, _ = trained
+    model = DiffusionImputer.load(path)
+    copy = model.save(tmp_path / 'copy')
+    again = DiffusionImputer.load(copy)
+    for (k, v), (k2, v2) in zip(model.net.state_dict().items(), again.net.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert again.spec == model.spec
+    s = sessions[2]
+    p1 = model.predict(s, ('bold',), seed=1)['bold'].mean
+    p2 = again.predict(s, ('bold',), seed=1)['bold'].mean
+    np.testing.assert_array_equal(p1, p2)
+
+
+def test_pickle_is_refused(trained, tmp_path):
+    path, _, _ = trained
+    model = DiffusionImputer.load(path)
+    pkl = tmp_path / 'model.pt'
+    torch.save(model.net.state_dict(), pkl)
+    with pytest.raises(ModelError, match='pickle'):
+        DiffusionImputer.load(pkl)
+    # a pickle disguised as the weights of a model directory
+    d = model.save(tmp_path / 'disguised')
+    (d / 'model.safetensors').write_bytes(pkl.read_bytes())
+    with pytest.raises(ModelError, match='pickle'):
+        DiffusionImputer.load(d)
+
+
+def test_tampered_weights_and_card_are_refused(trained, tmp_path):
+    path, _, _ = trained
+    d = DiffusionImputer.load(path).save(tmp_path / 'tampered')
+    raw = bytearray((d / 'model.safetensors').read_bytes())
+    raw[-1] ^= 0xFF
+    (d / 'model.safetensors').write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match='sha256'):
+        DiffusionImputer.load(d)
+    d2 = DiffusionImputer.load(path).save(tmp_path / 'badcard')
+    card = json.loads((d2 / 'model_card.json').read_text())
+    card['architecture']['unet_channels'] = [16, 16]
+    (d2 / 'model_card.json').write_text(json.dumps(card))
+    with pytest.raises(ModelError, match='do not match'):
+        DiffusionImputer.load(d2)
+    card['method'] = 'regression'
+    (d2 / 'model_card.json').write_text(json.dumps(card))
+    with pytest.raises(ModelError, match='not diffusion'):
+        DiffusionImputer.load(d2)
+
+
+def test_bad_inputs_are_clear_errors(trained):
+    path, sessions, _ = trained
+    model = DiffusionImputer.load(path)
+    with pytest.raises(ModelError, match='cannot synthesize'):
+        model.predict(sessions[0], ('dwi',))
+    bad = SessionArrays('01', None, {'T1w': np.zeros((1, 10, 10, 10), np.float32)})
+    with pytest.raises(ValueError, match='model expects'):
+        model.predict(bad, ('FDG',))
