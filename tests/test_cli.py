@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 from pathlib import Path
@@ -108,12 +107,14 @@ def test_ragged_participants_tsv_is_65(small, tmp_path, capsys):
 def test_dry_run_reports_and_writes_nothing(small, tmp_path, capsys):
     bids = _copy(small, tmp_path)
     flair = next(bids.rglob('sub-002*_FLAIR.nii.gz'))
-    flair.write_bytes(gzip.compress(b'x' * 1000)[:40])  # corrupt gzip
+    data = flair.read_bytes()
+    flair.write_bytes(data[: len(data) // 2])  # a truncated (corrupt) gzip stream
     code = main([str(bids), str(tmp_path / 'out'), 'participant', '--dry-run',
                  '--skip-bids-validation'])
     captured = capsys.readouterr()
     assert code == 0
     assert 'unreadable' in captured.out and 'gzip' in captured.out.lower()
+    assert flair.name in captured.err and captured.err.count('bids_synth: error:') == 1
     assert not (tmp_path / 'out').exists()
 
 

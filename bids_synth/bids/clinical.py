@@ -153,9 +153,12 @@ class ClinicalTable:
         Boolean mask aligned with :attr:`frame`: True where the value is missing.
     sessions : pandas.DataFrame
         Session-level typed values, indexed by (subject, session); may be empty.
+    problems : list of str
+        Per-subject files that were skipped (malformed ``sessions.tsv``), one line each.
     """
 
     def __init__(self, participants: dict, sessions: dict, types: dict, info: dict):
+        self.problems: list[str] = []
         self.types = dict(types)
         self.columns = tuple(types)
         self._info = info
@@ -263,8 +266,9 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
     Raises
     ------
     ClinicalTableError
-        Malformed ``participants.tsv`` / ``sessions.tsv`` / ``participants.json``; the message
-        names the file and the line.
+        Malformed ``participants.tsv`` / ``participants.json``; the message names the file and
+        the line. A malformed per-subject ``sessions.tsv`` is not raised: it is skipped and its
+        error listed in the table's ``problems``.
     UsageError
         A requested column that no table has.
     """
@@ -278,9 +282,15 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
         participants = {label: row for label, (_, row) in rows.items()}
         order = [h for h in header if h not in _NOT_CLINICAL]
     sessions: dict[tuple[str, str], dict[str, str]] = {}
+    problems: list[str] = []
     for sfile in sorted(root.glob('sub-*/sub-*_sessions.tsv')):
         subject = sfile.parent.name[4:]
-        header, rows = _read_tsv(sfile, 'session_id')
+        try:
+            header, rows = _read_tsv(sfile, 'session_id')
+        except ClinicalTableError as exc:
+            # one subject's file: reported, ignored; the other subjects go on
+            problems.append(f'{exc} (this sessions file is ignored)')
+            continue
         order += [h for h in header if h not in _NOT_CLINICAL and h not in order]
         sessions.update({(subject, label): row for label, (_, row) in rows.items()})
     if not tsv.is_file():
@@ -300,4 +310,6 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
                   if row.get(col) not in (None, *MISSING_VALUES)]
         col_info = info.get(col) if isinstance(info.get(col), dict) else {}
         types[col] = _infer_type(col, values, col_info)
-    return ClinicalTable(participants, sessions, types, info)
+    table = ClinicalTable(participants, sessions, types, info)
+    table.problems = problems
+    return table

@@ -272,7 +272,7 @@ def _choose(layout, modality: str, candidates: list, preferred: dict) -> InputFi
             found.reason += f' (and the {len(ordered) - 1} other file(s) too)'
     found.alternatives = tuple(f.path for f in ordered if f.path != found.path)
     if found.alternatives:
-        LOGGER.info('%s: chose %s among %d files', modality, found.path, len(ordered))
+        LOGGER.debug('%s: chose %s among %d files', modality, found.path, len(ordered))
     return found
 
 
@@ -371,7 +371,7 @@ def collect_sessions(
                 hits = found[(sub, ses)][name]
                 inv.files[name] = _choose(layout, name, [h for h, _ in hits], hits[0][1])
         for name, reason in inv.unreadable.items():
-            LOGGER.warning('%s: %s %s: %s', inv.label, name, inv.files[name].path, reason)
+            LOGGER.debug('%s: %s %s: %s', inv.label, name, inv.files[name].path, reason)
         inventories.append(inv)
     return inventories
 

@@ -71,7 +71,7 @@ def run(config) -> int:
     from ..bids.clinical import load_clinical
     from ..bids.derivatives import check_output_dirs
     from ..bids.layout import collect_sessions, describe_inventory, load_layout
-    from ..bids.modalities import MODALITIES
+    from ..bids.modalities import DEFAULT_TARGETS
     from ..preprocessing.templates import ensure_templateflow_home
 
     ex, wfc = config.execution, config.workflow
@@ -93,13 +93,16 @@ def run(config) -> int:
     )
     LOGGER.info('indexed %d session(s) in %.1f s', len(inventories), time.monotonic() - t0)
     n_bad = 0
+    for problem in getattr(clinical, 'problems', []):
+        n_bad += 1
+        _error(problem)
     for inv in inventories:
         for mod, reason in inv.unreadable.items():
             n_bad += 1
             _error(f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
                    + ('synthesizing it as missing)' if ex.unreadable_as_missing
                       else 'left alone, the other modalities and subjects go on)'))
-    targets = tuple(wfc.modalities) or tuple(MODALITIES)
+    targets = tuple(wfc.modalities) or DEFAULT_TARGETS
     if ex.dry_run:
         print(describe_inventory(inventories, targets))
         return 0
@@ -245,9 +248,19 @@ def _execute(config, wf) -> int:
     wf.config['execution'].update(exec_cfg)
     if ex.write_graph:
         wf.write_graph(graph2use='colored', format='svg', simple_form=True)
+    plugin_args = nip.resolved_plugin_args()
+    if nip.plugin in ('SLURM', 'SLURMGraph'):
+        import getpass
+
+        os.environ.setdefault('LOGNAME', getpass.getuser())  # nipype's SLURM plugin needs it
+        gpu_args = plugin_args.pop('gpu_sbatch_args', '')
+        if gpu_args:  # GPU request only for the nodes that use one (Synthesize, FitModel)
+            for node in wf._get_all_nodes():
+                if getattr(node.inputs, 'use_gpu', False):
+                    node.plugin_args = {'sbatch_args': gpu_args, 'overwrite': False}
     t0 = time.monotonic()
     try:
-        wf.run(plugin=nip.plugin, plugin_args=nip.resolved_plugin_args())
+        wf.run(plugin=nip.plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         crashes = sorted(logdir.glob('crash-*.txt'))
         for crash in crashes:
@@ -269,3 +282,7 @@ def _crash_summary(crash: Path) -> str:
             last = ln.strip()
             break
     return f'node {node}: {last}'
+
+
+if __name__ == '__main__':
+    main()

@@ -60,7 +60,7 @@ def clinical_features(schema: dict, values: dict) -> tuple[np.ndarray, np.ndarra
     ...           'sex': {'type': 'categorical', 'levels': ['F', 'M']}}
     >>> f, p = clinical_features(schema, {'age': 80.0, 'sex': None})
     >>> f.tolist(), p.tolist()
-    [[1.0, 0.0, 0.0], [True, False, False]]
+    ([[1.0, 0.0, 0.0]], [[True, False, False]])
     """
     feats, present = [], []
     for name in sorted(schema):
@@ -82,6 +82,15 @@ def _channel_index(modalities: Sequence[str]) -> list[tuple[str, int]]:
     return [(m, c) for m in modalities for c in range(MODALITIES[m].n_channels)]
 
 
+#: Channels not used as regression *inputs*: the later time/gradient segments repeat the first
+#: one almost exactly (collinear features make the per-parcel systems ill-conditioned).
+_REDUNDANT_INPUTS = ('seg2', 'seg3', 'seg4')
+
+
+def _is_input(mod: str, ch: int) -> bool:
+    return MODALITIES[mod].channels[ch] not in _REDUNDANT_INPUTS
+
+
 def _accumulate(zz, zy, z, y, starts, chunk=40_000):
     """Add per-parcel ``z'z`` and ``z'y`` to ``zz``/``zy``; voxels are sorted by parcel.
 
@@ -99,6 +108,26 @@ def _accumulate(zz, zy, z, y, starts, chunk=40_000):
         zz[p0:p1] += np.add.reduceat(zc[:, :, None] * zc[:, None, :], local, axis=0)
         zy[p0:p1] += np.add.reduceat(zc[:, :, None] * yc[:, None, :], local, axis=0)
         p0 = p1
+
+
+def _ridge_solve(a: np.ndarray, b: np.ndarray, lam: float) -> np.ndarray:
+    """Batched ridge ``(A + lam I)^-1 B`` on the correlation scale, A projected to PSD.
+
+    Available-case moments need not form a positive semi-definite matrix, so ``a`` is first
+    standardized by its diagonal (features on a common scale, the ridge is then in units of
+    correlation) and its negative eigenvalues are clipped.
+
+    >>> a = np.array([[[4.0, 0.0], [0.0, 1.0]]]); b = np.array([[[4.0], [0.0]]])
+    >>> np.round(_ridge_solve(a, b, 0.0)[0, :, 0], 3).tolist()
+    [1.0, 0.0]
+    """
+    d = np.sqrt(np.clip(np.einsum('pii->pi', a), 1e-12, None))  # (P, d)
+    corr = a / d[:, :, None] / d[:, None, :]
+    w, v = np.linalg.eigh(corr)
+    corr = np.einsum('pij,pj,pkj->pik', v, np.clip(w, 0.0, None), v)
+    corr += lam * np.eye(a.shape[1])[None]
+    beta_std = np.linalg.solve(corr, b / d[:, :, None])
+    return beta_std / d[:, :, None]
 
 
 class RegressionImputer:
@@ -131,7 +160,7 @@ class RegressionImputer:
         clinical_schema: dict,
         modalities: Sequence[str],
         parcel_mm: float = 12.0,
-        ridge: float = 1e-2,
+        ridge: float = 3.0,
         template: dict | None = None,
     ) -> RegressionImputer:
         """Fit on every session, using the modalities and clinical values each one has.
@@ -219,7 +248,7 @@ class RegressionImputer:
         feats = []  # (V, d) deviations of available channels, then clinical
         keep = []
         for j, (mod, ch) in enumerate(self._index):
-            if mod in avail:
+            if mod in avail and _is_input(mod, ch):
                 feats.append(session.images[mod][ch][mask] - self.mu[j][mask])
                 keep.append(j)
         n_img = len(self._index)
@@ -234,9 +263,7 @@ class RegressionImputer:
             keep_a = np.asarray(keep)
             a = self.zz[:, keep_a][:, :, keep_a].astype(np.float64)  # (P, d, d)
             b = self.zy[:, keep_a][:, :, out_idx].astype(np.float64)  # (P, d, T)
-            scale = np.trace(a, axis1=1, axis2=2) / len(keep_a) + 1e-6
-            a += (self.lam * scale)[:, None, None] * np.eye(len(keep_a))
-            beta = np.linalg.solve(a, b)  # (P, d, T)
+            beta = _ridge_solve(a, b, self.lam)  # (P, d, T)
             pred += np.einsum('vd,vdt->tv', z, beta[lab])
         result = {}
         pos = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from pathlib import Path
 
 __all__ = ['mosaic', 'subject_report', 'group_report']
@@ -39,10 +40,13 @@ def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray') -> 
     vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    display = plotting.plot_img(
-        img, display_mode='z', cut_coords=7, cmap=cmap, vmin=0, vmax=vmax, title=title or None,
-        black_bg=True, annotate=False, colorbar=False, draw_cross=False,
-    )
+    with warnings.catch_warnings():  # oblique native grids: nilearn reorders, as wanted
+        warnings.simplefilter('ignore', UserWarning)
+        display = plotting.plot_img(
+            img, display_mode='z', cut_coords=7, cmap=cmap, vmin=0, vmax=vmax,
+            title=title or None, black_bg=True, annotate=False, colorbar=False,
+            draw_cross=False,
+        )
     tmp = out_png.with_name(f'.tmp-{out_png.name}')
     display.savefig(str(tmp), dpi=80)
     display.close()

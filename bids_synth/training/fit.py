@@ -60,13 +60,14 @@ def validation_patterns(target: str, available: Sequence[str]) -> list[tuple[str
 
 
 def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarray,
-                     modalities: Sequence[str], **predict_kwargs) -> dict:
+                     modalities: Sequence[str], *, psnr_only: bool = False,
+                     **predict_kwargs) -> dict:
     """Mask each target of each held-out session, predict it, score inside the brain mask.
 
     Returns ``{'per_target': {t: metrics}, 'per_pattern': {'t <- a+b': metrics}}`` where the
     per-target figure uses every other modality as input.
     """
-    from ..metrics import score
+    from ..metrics import psnr, score
 
     per_pattern: dict[str, list[dict]] = {}
     per_target: dict[str, list[dict]] = {}
@@ -80,7 +81,8 @@ def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarra
                                        {m: sess.images[m] for m in pattern}, sess.clinical)
                 pred = imputer.predict(masked, (target,), **predict_kwargs)[target].mean
                 ref = sess.images[target]
-                scores = [score(pred[c], ref[c], mask) for c in range(ref.shape[0])]
+                scores = [{'psnr': psnr(pred[c], ref[c], mask)} if psnr_only
+                          else score(pred[c], ref[c], mask) for c in range(ref.shape[0])]
                 merged = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
                 key = f'{target} <- {"+".join(pattern) or "(none)"}'
                 per_pattern.setdefault(key, []).append(merged)
@@ -93,6 +95,27 @@ def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarra
 
     return {'per_target': {k: _mean(v) for k, v in per_target.items()},
             'per_pattern': {k: _mean(v) for k, v in per_pattern.items()}}
+
+
+RIDGE_GRID = (1.0, 3.0, 10.0, 30.0)
+
+
+def select_ridge(model, held_out, mask, modalities, grid=RIDGE_GRID) -> tuple[float, dict]:
+    """The ridge penalty (correlation scale) with the best mean held-out PSNR.
+
+    The model keeps sufficient statistics, so each value costs a prediction, not a refit.
+    Returns the value and the validation report at that value (with the whole curve).
+    """
+    curve = {}
+    for lam in grid:
+        model.lam = lam
+        rep = validate_imputer(model, held_out, mask, modalities, psnr_only=True)
+        curve[lam] = float(np.mean([m['psnr'] for m in rep['per_target'].values()]))
+    best = max(curve, key=curve.get)
+    LOGGER.info('regression ridge: %s (held-out PSNR by ridge: %s)', best, curve)
+    model.lam = best
+    report = validate_imputer(model, held_out, mask, modalities)
+    return best, dict(report, ridge_curve={str(k): v for k, v in curve.items()}, ridge=best)
 
 
 def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, seed=0,
@@ -117,8 +140,8 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
         if val_sub:
             model = RegressionImputer.fit([s for s in complete if s.subject in train_sub],
                                           **kwargs)
-            validation = validate_imputer(model, [s for s in complete if s.subject in val_sub],
-                                          mask, modalities)
+            held_out = [s for s in complete if s.subject in val_sub]
+            kwargs['ridge'], validation = select_ridge(model, held_out, mask, modalities)
             validation['split'] = {'train_subjects': train_sub, 'validation_subjects': val_sub}
         model = RegressionImputer.fit(complete, **kwargs)
         model.info['validation'] = validation
