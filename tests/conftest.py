@@ -22,6 +22,12 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope='session')
+def digest():
+    """The :func:`tree_digest` function, for tests that check a tree is unchanged."""
+    return tree_digest
+
+
+@pytest.fixture(scope='session')
 def phantom6(tmp_path_factory):
     """A 6-subject, all-modality, low-resolution phantom with ~30% missing modalities."""
     from bids_synth.phantom import generate_cohort

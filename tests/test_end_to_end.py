@@ -13,13 +13,11 @@ import pytest
 from bids_synth.bids.validation import find_validator, validate_dataset
 from bids_synth.cli.run import main
 
-from .conftest import tree_digest
-
 
 @pytest.fixture(scope='module')
-def participant_run(phantom6, group_regression, tmp_path_factory):
+def participant_run(phantom6, group_regression, tmp_path_factory, digest):
     out, _ = group_regression
-    before = tree_digest(phantom6.bids_dir)
+    before = digest(phantom6.bids_dir)
     work = tmp_path_factory.mktemp('pwork')
     t0 = time.monotonic()
     code = main([str(phantom6.bids_dir), str(out), 'participant', '-w', str(work),
@@ -73,8 +71,8 @@ def test_outputs_pass_validator(participant_run):
     assert result.ran and result.ok, result.errors[:5]
 
 
-def test_input_untouched(phantom6, participant_run):
-    assert tree_digest(phantom6.bids_dir) == participant_run['before']
+def test_input_untouched(phantom6, participant_run, digest):
+    assert digest(phantom6.bids_dir) == participant_run['before']
 
 
 def test_closer_to_truth_than_cohort_mean(phantom6, participant_run):

@@ -53,7 +53,7 @@ _ENTITY_KEYS = (('subject', 'sub'), ('session', 'ses'), ('task', 'task'), ('ceag
 BIDSIGNORE_LINES = (
     '# bids_synth: reports, their figures, run logs and fitted models are not BIDS files.',
     '*.html',
-    'sub-*/figures/',
+    'figures/',
     'logs/',
     'models/',
     '# bids_synth: derivative diffusion files the BIDS schema does not cover yet.',

@@ -97,16 +97,21 @@ def _split_channels(target: str, img):
     from ..bids.modalities import MODALITIES
 
     channels = MODALITIES[target].channels
-    if len(channels) == 1:
-        return img, {}
     data = np.asarray(img.dataobj, dtype=np.float32)
+    if len(channels) == 1:  # one channel: a 3D image (the validator rejects 4D anat files)
+        out = nib.Nifti1Image(data.reshape(data.shape[:3]), img.affine)
+        out.header.set_xyzt_units('mm')
+        return out, {}
     if data.ndim == 3:
         data = data[..., None]
     main = [i for i, c in enumerate(channels) if c == 'b0' or c.startswith('seg')]
     maps = {c: i for i, c in enumerate(channels) if i not in main}
     hdr = img.header.copy()
     main_img = nib.Nifti1Image(data[..., main], img.affine, hdr)
+    main_img.header.set_xyzt_units('mm', 'sec')
     map_imgs = {c: nib.Nifti1Image(data[..., i], img.affine) for c, i in maps.items()}
+    for m in map_imgs.values():
+        m.header.set_xyzt_units('mm')
     return main_img, map_imgs
 
 

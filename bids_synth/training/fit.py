@@ -148,7 +148,7 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
         return model.save(out_dir)
     from .diffusion import train_diffusion
 
-    config = {'steps': train_steps} if train_steps else None
+    config = {'dm_steps': train_steps} if train_steps else None
     return Path(train_diffusion(
         sessions, mask=mask, clinical_schema=clinical_schema, out_dir=out_dir,
         modalities=[m for m in modalities if m in MODALITIES], res=res, config=config,
