@@ -78,7 +78,8 @@ _SSIM = SSIMLoss(spatial_dims=3, data_range=1.0, win_size=5, kernel_sigma=1.0)
 
 
 def autoencoder_loss(ae: AutoencoderKL, patches: torch.Tensor, *, kl_weight: float = 1e-6,
-                     ssim_weight: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+                     ssim_weight: float = 0.2, sample_posterior: bool = False,
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + SSIM + KL loss of one batch of 1-channel patches.
 
     Parameters
@@ -91,8 +92,16 @@ def autoencoder_loss(ae: AutoencoderKL, patches: torch.Tensor, *, kl_weight: flo
     loss : torch.Tensor, scalar
     parts : dict of str to float
         ``l1``, ``ssim`` (the loss, 1 - SSIM) and ``kl``.
+
+    Notes
+    -----
+    By default the reconstruction is decoded from the posterior mean (``sample_posterior=False``)
+    with the KL term as a latent regularizer: with a few hundred CPU steps, decoding a sample
+    (initial posterior std ~1 against means ~0.1) left the decoder learning nothing (10 dB, worse
+    than predicting the mean). The diffusion model uses the posterior means anyway.
     """
-    recon, mu, sigma = ae(patches)
+    mu, sigma = ae.encode(patches)
+    recon = ae.decode(ae.sampling(mu, sigma) if sample_posterior else mu)
     l1 = F.l1_loss(recon, patches)
     ssim = _SSIM(recon, patches)
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-8) - 1)

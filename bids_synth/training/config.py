@@ -36,10 +36,10 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: {
         'ae_channels': (8, 16, 32), 'unet_channels': (32, 64), 'unet_attention': (False, True),
         'norm_num_groups': 8})
-    ae_steps: int = 250
+    ae_steps: int = 600
     ae_batch: int = 4
     ae_patch: int = 24
-    ae_lr: float = 1e-3
+    ae_lr: float = 2e-3
     ssl_steps: int = 50
     dm_steps: int = 600
     batch_size: int = 2
@@ -77,7 +77,13 @@ PRESETS: dict[str, TrainConfig] = {
 
 
 def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
-    """A config from a preset name, a dict of overrides of ``'default'``, or a config."""
+    """A config from a preset name, a dict of overrides of ``'default'``, or a config.
+
+    In a dict, ``'steps'`` (the CLI's ``--train-steps``) is an alias of ``dm_steps``.
+
+    >>> get_config({'steps': 10}).dm_steps
+    10
+    """
     if config is None:
         return PRESETS['default']
     if isinstance(config, TrainConfig):
@@ -87,4 +93,7 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
             return PRESETS[config]
         except KeyError:
             raise ValueError(f'unknown training preset {config!r}; known: {list(PRESETS)}') from None
+    config = dict(config)
+    if 'steps' in config:
+        config['dm_steps'] = int(config.pop('steps'))
     return TrainConfig.from_dict({**PRESETS['default'].to_dict(), **config})

@@ -47,7 +47,10 @@ from .splits import split_subjects
 from .state import clear_state, load_state, restore, save_state
 from .validation import autoencoder_psnr, validate
 
-__all__ = ['train_diffusion']
+__all__ = ['train_diffusion', 'DEFAULT_RES']
+
+#: Model-grid resolution (mm) of the default recipe: 48x56x48, trainable on 2 CPU cores.
+DEFAULT_RES = 4
 
 LOG = logging.getLogger('bids_synth.training.diffusion')
 STAGES = ('ae', 'ssl', 'dm')
@@ -73,7 +76,7 @@ def _encode_cohort(net: SynthesisNet, cohort: Cohort, device: str) -> tuple[torc
 
 def train_diffusion(
     sessions: list[SessionArrays], *, mask: np.ndarray, clinical_schema: dict | None,
-    out_dir: str | Path, modalities: tuple[str, ...] | list[str], res: int = 4,
+    out_dir: str | Path, modalities: tuple[str, ...] | list[str], res: int = DEFAULT_RES,
     config: TrainConfig | dict | str | None = None, resume: bool = True, progress: bool = True,
     seed: int = 0, init_from: str | Path | None = None, device: str | None = None,
 ) -> Path:
@@ -104,12 +107,13 @@ def train_diffusion(
         A model to fine-tune (its architecture and autoencoder are kept; stages ``ae`` and
         ``ssl`` are skipped).
     device : str, optional
-        Default: ``'cuda'`` when available, else ``'cpu'``.
+        ``'cpu'``, ``'cuda'``; ``None`` or ``'auto'``: CUDA when available, else CPU.
     """
     cfg = get_config(config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if device in (None, 'auto'):
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mods = resolve_modalities(modalities)
