@@ -39,7 +39,7 @@ from bids_synth.training.toy import TOY_SCHEMA, toy_cohort
 
 
 class _Unet(nn.Module):
-    """``diffusion_model(x, timesteps, context)`` for the inferer, with the spatial condition bound."""
+    """``diffusion_model(x, timesteps, context)`` for the inferer (spatial condition bound)."""
 
     def __init__(self, net: SynthesisNet, cond: torch.Tensor) -> None:
         super().__init__()
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                          a.runs)
     summary = {name: round(statistics.median(v.values()), 3) for name, v in result['ours'].items()}
     if result['reference_ddim50']:
-        summary['reference_ddim50'] = round(statistics.median(result['reference_ddim50'].values()), 3)
+        ref = result['reference_ddim50'].values()
+        summary['reference_ddim50'] = round(statistics.median(ref), 3)
     result['median_seconds_per_modality'] = summary
     result['goal_cpu_s'] = 15.0
     result['gpu'] = ('not measured (no GPU in this run)' if not torch.cuda.is_available()

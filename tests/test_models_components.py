@@ -1,4 +1,4 @@
-"""Components of the diffusion model: spec, autoencoder, frequency, fusion, clinical, consistency, sampler."""
+"""Diffusion-model parts: spec, autoencoder, frequency, fusion, clinical, consistency, sampler."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bids_synth.errors import DataError
+from bids_synth.errors import DataError, ModelError
 from bids_synth.models.conditioning import clinical_batch
 from bids_synth.models.config import ModelSpec
 from bids_synth.models.sampler import rflow_train_pair
@@ -125,7 +125,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cohort, tmp_path
     state = json.loads((tmp_path / 'b' / '.train_state' / 'state.json').read_text())
     assert (state['stage'], state['step']) == ('dm', 4)
     monkeypatch.setattr(trainer, 'save_state', real_save)
-    resumed = DiffusionImputer.load(trainer.train_diffusion(sessions, out_dir=tmp_path / 'b', **kw))
+    resumed = DiffusionImputer.load(
+        trainer.train_diffusion(sessions, out_dir=tmp_path / 'b', **kw))
     for (k, v), v2 in zip(ref.net.state_dict().items(), resumed.net.state_dict().values()):
         torch.testing.assert_close(v, v2, msg=k)
     # a finished run is not redone
@@ -160,6 +161,6 @@ def test_fine_tune_keeps_the_autoencoder(cohort, tmp_path):
     assert not torch.equal(next(base.net.denoiser.parameters()),
                            next(tuned.net.denoiser.parameters()))
     assert set(tuned.card()['training']['losses']) == {'dm'}
-    with pytest.raises(Exception, match='cannot fine-tune'):
-        trainer.train_diffusion(sessions, out_dir=tmp_path / 'x', config='tiny', init_from=base_dir,
-                                **{**kw, 'modalities': ('T1w', 'FDG')})
+    with pytest.raises(ModelError, match='cannot fine-tune'):
+        trainer.train_diffusion(sessions, out_dir=tmp_path / 'x', config='tiny',
+                                init_from=base_dir, **{**kw, 'modalities': ('T1w', 'FDG')})

@@ -115,7 +115,8 @@ def clinical_batch(rows: list[dict], schema: dict) -> ClinicalBatch:
         for (i, j, _), e in zip(notes, emb):
             text[i, j] = e
             missing[i, j] = False
-    return ClinicalBatch(torch.from_numpy(values), torch.from_numpy(missing), torch.from_numpy(text))
+    return ClinicalBatch(torch.from_numpy(values), torch.from_numpy(missing),
+                         torch.from_numpy(text))
 
 
 class ClinicalEncoder(nn.Module):

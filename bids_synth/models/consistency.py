@@ -1,4 +1,4 @@
-"""Clinical-consistency loss (ACADiff): image biomarkers of the prediction should match the real ones.
+"""Clinical-consistency loss (ACADiff): the prediction's image biomarkers match the real ones.
 
 Biomarkers are regional means of every channel inside three disease-pattern regions of
 ``preprocessing.regions.PATTERNS`` (intersected with the brain mask): ``fdg_ad`` (posterior

@@ -1,4 +1,6 @@
-"""Attention-based adaptive fusion of the available modalities (ACADiff; AMM-Diff image-frequency fusion).
+"""Attention-based adaptive fusion of the available modalities.
+
+ACADiff adaptive fusion combined with AMM-Diff image-frequency fusion.
 
 Each modality ``m`` has a small encoder that maps its latent (``C_m * L`` channels) together with
 its high-pass Fourier features (``C_m`` channels, :mod:`.frequency`) to a feature map ``F_m``
@@ -25,7 +27,7 @@ __all__ = ['AdaptiveFusion', 'FusionOutput', 'masked_consistency_loss']
 
 
 class FusionOutput(dict):
-    """Result of :class:`AdaptiveFusion` (a dict: ``fused``, ``tokens``, ``weights``, ``embedding``).
+    """Result of :class:`AdaptiveFusion`: a dict with the keys below.
 
     fused : torch.Tensor, shape (B, fusion_dim, x, y, z)
     tokens : torch.Tensor, shape (B, M, context_dim)
@@ -91,7 +93,8 @@ class AdaptiveFusion(nn.Module):
             tokens.append(torch.where(available[:, i:i + 1], tok, miss))
         toks = torch.stack(tokens, dim=1)
         keys = torch.cat([toks, self.null_token.expand(b, 1, -1)], dim=1)
-        pad = torch.cat([~available, torch.zeros(b, 1, dtype=torch.bool, device=available.device)], 1)
+        never = torch.zeros(b, 1, dtype=torch.bool, device=available.device)
+        pad = torch.cat([~available, never], 1)
         q = self.query.expand(b, 1, -1)
         if context is not None:
             q = q + self.query_from_context(context.mean(dim=1, keepdim=True))

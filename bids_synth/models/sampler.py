@@ -32,14 +32,16 @@ SAMPLERS = ('rflow', 'ddim')
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_scheduler(sampler: str, num_train_timesteps: int = 1000) -> DDIMScheduler | RFlowScheduler:
+def make_scheduler(sampler: str,
+                   num_train_timesteps: int = 1000) -> DDIMScheduler | RFlowScheduler:
     """The MONAI scheduler of a sampler name."""
     if sampler == 'rflow':
         return RFlowScheduler(num_train_timesteps=num_train_timesteps,
                               use_discrete_timesteps=False)
     if sampler == 'ddim':
-        return DDIMScheduler(num_train_timesteps=num_train_timesteps, schedule='scaled_linear_beta',
-                             prediction_type='sample', clip_sample=False)
+        return DDIMScheduler(num_train_timesteps=num_train_timesteps,
+                             schedule='scaled_linear_beta', prediction_type='sample',
+                             clip_sample=False)
     raise ValueError(f'unknown sampler {sampler!r}; choose one of {", ".join(SAMPLERS)}')
 
 

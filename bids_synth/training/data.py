@@ -39,7 +39,8 @@ def build_cohort(sessions: list[SessionArrays], spec: ModelSpec, schema: dict) -
     imgs, pres = [], []
     for s in sessions:
         where = f'sub-{s.subject}' + (f'_ses-{s.session}' if s.session else '')
-        a, p = stack_images({m: v for m, v in s.images.items() if m in spec.modalities}, spec, where)
+        known = {m: v for m, v in s.images.items() if m in spec.modalities}
+        a, p = stack_images(known, spec, where)
         imgs.append(a)
         pres.append(p)
     return Cohort(torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(pres)),
@@ -106,7 +107,8 @@ def random_patches(images: torch.Tensor, present: torch.Tensor, spec: ModelSpec,
         i, c = chans[int(pick[k])]
         start = []
         for d in range(3):
-            centre = int(lo[d]) + int(torch.randint(int(hi[d] - lo[d]) + 1, (1,), generator=generator))
+            span = int(hi[d] - lo[d]) + 1
+            centre = int(lo[d]) + int(torch.randint(span, (1,), generator=generator))
             start.append(min(max(centre - size // 2, 0), shape[d] - size))
         x, y, z = start
         out[k, 0] = images[i, c, x:x + size, y:y + size, z:z + size]

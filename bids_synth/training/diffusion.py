@@ -65,7 +65,8 @@ def _load_base(init_from: str | Path, spec: ModelSpec) -> DiffusionImputer:
 
 
 @torch.no_grad()
-def _encode_cohort(net: SynthesisNet, cohort: Cohort, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_cohort(net: SynthesisNet, cohort: Cohort,
+                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
     lat, freq = [], []
     for i in range(len(cohort)):
         x = cohort.images[i:i + 1].to(device)
@@ -293,7 +294,8 @@ def train_diffusion(
         'description': ('latent diffusion imputer (shared channel-wise AutoencoderKL, '
                         'DiffusionModelUNet over all modality latents, adaptive fusion, '
                         'Fourier features, clinical cross-attention)'),
-        'template': {'name': TEMPLATE, 'res': res, 'shape': list(shape), 'affine': affine.tolist()},
+        'template': {'name': TEMPLATE, 'res': res, 'shape': list(shape),
+                     'affine': affine.tolist()},
         'sampler': {'default': spec.sampler, 'steps': spec.steps, 'available': list(SAMPLERS)},
         'training': {
             'n_sessions': len(sessions), 'n_subjects': len(set(train_subj) | set(val_subj)),

@@ -81,7 +81,8 @@ def toy_cohort(res: int, n_subjects: int, modalities: tuple[str, ...], *, seed: 
                 nch = MODALITIES[m].n_channels
                 chans = []
                 for c in range(nch):
-                    w = _MIX.get(m) or np.random.default_rng(zlib.crc32(f'{m}{c}'.encode())).random(3)
+                    rng_w = np.random.default_rng(zlib.crc32(f'{m}{c}'.encode()))
+                    w = _MIX.get(m) or rng_w.random(3)
                     img = np.tensordot(np.asarray(w, np.float32), tissues, axes=1) * atrophy
                     if m in ('FDG',):
                         img = img * (1 - 0.35 * severity * ad)
