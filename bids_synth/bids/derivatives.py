@@ -52,10 +52,11 @@ _ENTITY_KEYS = (('subject', 'sub'), ('session', 'ses'), ('task', 'task'), ('ceag
 #: What ``.bidsignore`` hides from the validator (see the module docstring).
 BIDSIGNORE_LINES = (
     '# bids_synth: reports, their figures, run logs and fitted models are not BIDS files.',
+    '# (bids-validator-deno matches folders only without a trailing slash)',
     '*.html',
-    'figures/',
-    'logs/',
-    'models/',
+    '**/figures',
+    'logs',
+    'models',
     '# bids_synth: derivative diffusion files the BIDS schema does not cover yet.',
     '# .bval/.bvec beside a desc-synth_dwi image, and diffusion-model maps, follow BEP016',
     '# (Diffusion derivatives, https://bids.neuroimaging.io/bep016) until it is merged.',

@@ -11,7 +11,6 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
 
@@ -93,8 +92,9 @@ class Synthesize(SimpleInterface):
                 k: v for k, v in session.clinical.items()
                 if k in imputer.card().get('clinical_schema', {})
             },
-            **{k: v for k, v in pred.extra.items() if k != 'inputs_used'},
         )
+        # method-specific provenance (diffusion: sampler, steps, fusion weights) wins
+        prov.update({k: v for k, v in pred.extra.items() if k not in ('inputs_used', 'inputs')})
         prov_file = os.path.join(runtime.cwd, 'provenance.json')
         with open(prov_file, 'w') as f:
             json.dump(prov, f, indent=2, sort_keys=True, default=str)
@@ -150,7 +150,3 @@ class FitModel(SimpleInterface):
         )
         self._results['model_dir'] = str(model_dir)
         return runtime
-
-
-def _defined(value, default=None):
-    return value if isdefined(value) else default
