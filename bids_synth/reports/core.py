@@ -135,6 +135,17 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
     return _write_html(out / f'sub-{subject}.html', f'bids_synth: sub-{subject}', ''.join(parts))
 
 
+def _flat_patterns(per_pattern: dict) -> dict:
+    """``{'t <- a+b': metrics}`` from either that form or ``{t: {pattern: metrics}}``."""
+    flat = {}
+    for key, value in per_pattern.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            flat.update({f'{key} <- {pat}': m for pat, m in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def group_report(output_dir: str | Path, model_dir: str | Path) -> Path:
     """Write ``group_<method>.html``: the fitted model's card and validation metrics."""
     from ..models.checkpoint import read_card
@@ -150,7 +161,7 @@ def group_report(output_dir: str | Path, model_dir: str | Path) -> Path:
                  f'{m.get("mae", float("nan")):.4f}', m.get('n', ''))
                 for t, m in sorted(per_target.items())]
         parts.append(_table(rows, ('target', 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
-    per_pattern = val.get('per_pattern', {})
+    per_pattern = _flat_patterns(val.get('per_pattern', {}))
     if per_pattern:
         parts.append('<h2>Per missing pattern</h2>')
         rows = [(k, f'{m.get("psnr", float("nan")):.2f}', f'{m.get("ssim", float("nan")):.3f}',

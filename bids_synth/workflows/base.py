@@ -21,7 +21,7 @@ from nipype.pipeline import engine as pe
 from ..bids.modalities import MODALITIES
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
-from ..interfaces.provenance import derive_seed
+from ..interfaces.provenance import derive_seed, resolve_device
 from ..interfaces.reports import SubjectReport
 from ..interfaces.synthesis import FitModel, Synthesize
 
@@ -162,7 +162,7 @@ def init_session_synth_wf(
     for i, mod in enumerate(inputs, start=1):
         wf.connect([(conform_nodes[mod], merge_inputs, [('out_file', f'in{i}')])])  # fmt:skip
 
-    use_gpu = device in ('cuda', 'auto')
+    use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
     for target in targets:
         synth = pe.Node(
             Synthesize(
@@ -242,7 +242,7 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             clinical_schema=clinical.schema(), modalities=list(modalities), method=method,
             out_dir=str(model_dir), init_from=str(init_from or ''), res=res,
             seed=config.seeds.master, train_steps=config.workflow.train_steps,
-            use_gpu=method == 'diffusion' and config.workflow.device != 'cpu',
+            use_gpu=method == 'diffusion' and resolve_device(config.workflow.device) == 'cuda',
             device=config.workflow.device,
         ),
         name='fit_model', n_procs=config.nipype.omp_nthreads,

@@ -1,0 +1,79 @@
+"""The Nipype graphs, checked without running them (as fMRIPrep's workflow tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bids_synth.config import Config
+
+
+@pytest.fixture(scope='module')
+def cohort(tmp_path_factory):
+    from bids_synth.phantom import generate_cohort
+
+    root = tmp_path_factory.mktemp('wf')
+    return generate_cohort(root / 'bids', n_subjects=3, seed=4, resolution='low',
+                           modalities=('T1w', 'T2w', 'FDG'),
+                           missing={'T1w': 0.0, 'T2w': 0.34, 'FDG': 0.34},
+                           ground_truth=root / 'gt')
+
+
+@pytest.fixture(scope='module')
+def inputs(cohort):
+    from bids_synth.bids.clinical import load_clinical
+    from bids_synth.bids.layout import collect_sessions, load_layout
+
+    return collect_sessions(load_layout(cohort.bids_dir)), load_clinical(cohort.bids_dir)
+
+
+def _config(cohort, tmp_path, **workflow):
+    cfg = Config.from_options({'bids_dir': str(cohort.bids_dir), 'output_dir': str(tmp_path / 'o'),
+                               'work_dir': str(tmp_path / 'w'), 'nprocs': 1, 'omp_nthreads': 1})
+    for key, value in workflow.items():
+        setattr(cfg.workflow, key, value)
+    return cfg
+
+
+CARD = {'method': 'regression', 'modalities': ['T1w', 'T2w', 'FDG'], 'template': {'res': 4}}
+
+
+@pytest.mark.parametrize('num_samples', [1, 3])
+def test_participant_graph(cohort, inputs, tmp_path, num_samples):
+    from bids_synth.workflows.base import init_bids_synth_wf
+
+    invs, clinical = inputs
+    cfg = _config(cohort, tmp_path, num_samples=num_samples, method='regression')
+    wf = init_bids_synth_wf(cfg, invs, clinical, model='/m', model_card=CARD,
+                            targets_of=lambda inv: inv.missing(('T1w', 'T2w', 'FDG')))
+    graph = wf._create_flat_graph()
+    names = {n.fullname for n in graph.nodes()}
+    for (sub, _), missing in cohort.missing.items():
+        for target in missing:
+            for stage in ('synth', 'native', 'ds'):
+                assert any(f'sub_{sub}_wf' in n and n.endswith(f'{stage}_{target}')
+                           for n in names), (sub, target, stage)
+        if missing:
+            assert any(f'sub_{sub}_wf' in n and n.endswith('report') for n in names)
+        else:  # nothing to do: no sub-workflow at all
+            assert not any(f'sub_{sub}_wf' in n for n in names)
+    stds = [n for n in names if 'native_std_' in n]
+    assert bool(stds) == (num_samples > 1)
+    synth = [n for n in graph.nodes() if n.name.startswith('synth_')]
+    assert synth and all(n.inputs.use_gpu is False for n in synth)  # regression: CPU nodes
+    assert len({n.inputs.seed for n in synth}) == len(synth)  # one seed per image
+
+
+def test_group_graph(cohort, inputs, tmp_path):
+    from bids_synth.workflows.base import init_group_wf
+
+    invs, clinical = inputs
+    cfg = _config(cohort, tmp_path)
+    wf = init_group_wf(cfg, invs, clinical, method='regression',
+                       modalities=('T1w', 'T2w', 'FDG'), res=4, model_dir=tmp_path / 'm')
+    graph = wf._create_flat_graph()
+    conform = [n for n in graph.nodes() if n.name.startswith('conform_')]
+    n_inputs = sum(len(inv.available) for inv in invs)
+    assert len(conform) == n_inputs
+    fit = next(n for n in graph.nodes() if n.name == 'fit_model')
+    assert sorted(fit.inputs.in_modalities) == sorted(m for inv in invs for m in inv.available)
+    assert set(fit.inputs.clinical) == {inv.subject for inv in invs}
