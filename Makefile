@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE = 1
 .PHONY: help venv demo test test-all default-model bench lint clean
 
 help:
-	@echo "make demo           phantom dataset -> group (regression) -> participant (default model)"
+	@echo "make demo           phantom dataset -> group (regression fit + report) -> participant (embedded default model)"
 	@echo "make test           install with test extras, run the test suite"
 	@echo "make default-model  retrain the embedded default model (bids_synth/data/default_model)"
 	@echo "make bench          run the benchmarks in bench/ (JSON in bench/results/)"
@@ -32,9 +32,9 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(VENV)/bin/bids-synth-phantom $(DEMO)/bids --n-subjects 6 --seed 7 --missing 0.3 \
 	    --resolution low --ground-truth $(DEMO)/groundtruth
-	$(VENV)/bin/bids_synth $(DEMO)/bids $(DEMO)/derivatives group --method regression \
+	$(VENV)/bin/bids_synth $(DEMO)/bids $(DEMO)/derivatives group --method regression --res 4 \
 	    -w $(DEMO)/work --nprocs $(NPROCS) --omp-nthreads 1
-	$(VENV)/bin/bids_synth $(DEMO)/bids $(DEMO)/derivatives participant \
+	$(VENV)/bin/bids_synth $(DEMO)/bids $(DEMO)/derivatives participant --model default \
 	    -w $(DEMO)/work --nprocs $(NPROCS) --omp-nthreads 1
 	@echo
 	@echo "Derivatives:  $(CURDIR)/$(DEMO)/derivatives"

@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parser.add_argument_group('model and sampling')
     g.add_argument('--model', type=Path, metavar='DIR',
-                   help='model directory (default: the group-level model in output_dir, else '
-                   'the embedded default)')
+                   help='model directory, or "default" for the embedded default model '
+                   '(default: the group-level model in output_dir, else the embedded one)')
     g.add_argument('--method', choices=['diffusion', 'regression'], default=None,
                    help='imputation method (default: the model\'s; diffusion for group)')
     g.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
@@ -168,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
         opts['plugin'] = plugin['plugin']
         opts['plugin_args'] = plugin.get('plugin_args') or {}
     for key in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'model'):
-        if opts.get(key) is not None:
+        if key == 'model' and str(opts.get(key)) == 'default':
+            opts[key] = 'default'
+        elif opts.get(key) is not None:
             opts[key] = str(Path(opts[key]).expanduser().absolute())
     if opts.get('work_dir') is None:
         opts['work_dir'] = str(Path(opts['output_dir']).parent / 'bids_synth_work')

@@ -139,7 +139,9 @@ def _resolve_model(config) -> tuple[str, dict]:
     from ..workflows.base import default_model_dir
 
     wfc = config.workflow
-    if wfc.model:
+    if wfc.model == 'default':
+        path = default_model_dir()
+    elif wfc.model:
         path = Path(wfc.model)
     else:
         models = Path(config.execution.output_dir) / 'models'

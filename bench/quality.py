@@ -1,0 +1,202 @@
+"""Imputation quality on a held-out phantom cohort: diffusion vs regression vs cohort mean.
+
+- Training data: the embedded default model's recipe cohort (``training.default_model.RECIPE``,
+  regenerated from its seed), conformed by the group level; the regression baseline and a
+  dedicated single-pair diffusion model (T1w -> FDG, same training recipe) are fitted on it.
+- Held-out data: a complete phantom cohort from a seed never used in training, conformed the
+  same way (its ground truth is every modality).
+- Metrics (``bids_synth.metrics``): PSNR / SSIM / MAE inside the brain mask, per target
+  modality (from every other modality) and per missing pattern (each single input, none).
+
+JSON to bench/results/quality.json; table in docs/benchmarks.md.
+
+    python bench/quality.py [--heldout 6] [--work DIR] [--no-pair]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+HELDOUT_SEED = 9090
+
+
+def _conform_cohort(bids_dir: Path, work: Path, res: int):
+    """Conform every image of every session; list of SessionArrays."""
+    from bids_synth.bids.clinical import load_clinical
+    from bids_synth.bids.layout import collect_sessions, load_layout
+    from bids_synth.models.imputer import SessionArrays
+    from bids_synth.preprocessing.conform import conform, load_conformed, save_conformed
+    from bids_synth.preprocessing.templates import load_template
+
+    tpl = load_template(res)
+    clinical = load_clinical(bids_dir)
+    out = []
+    for inv in collect_sessions(load_layout(bids_dir)):
+        images = {}
+        for mod in inv.available:
+            f = inv.files[mod]
+            cache = work / inv.label / f'{mod}.nii.gz'
+            if not cache.is_file():
+                meta = dict(f.metadata, _bval=f.metadata.get('bval'), _bvec=f.metadata.get('bvec'))
+                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=meta)
+                save_conformed(res_, cache, tpl)
+            images[mod] = load_conformed(cache)
+        out.append(SessionArrays(inv.subject, inv.session, images,
+                                 clinical.for_session(inv.subject, inv.session)))
+    return out
+
+
+def _evaluate(predict, sessions, mask, modalities, patterns_for):
+    """{target: {pattern: {psnr, ssim, mae, n}}} with ``predict(inputs, target) -> (C,X,Y,Z)``."""
+    from bids_synth.metrics import score
+    from bids_synth.models.imputer import SessionArrays
+
+    rows: dict = {}
+    for sess in sessions:
+        for target in modalities:
+            if target not in sess.images:
+                continue
+            for pattern in patterns_for(target):
+                inputs = {m: sess.images[m] for m in pattern if m in sess.images}
+                pred = predict(SessionArrays(sess.subject, sess.session, inputs, sess.clinical),
+                               target)
+                ref = sess.images[target]
+                s = [score(pred[c], ref[c], mask) for c in range(ref.shape[0])]
+                key = '+'.join(pattern) or '(none)'
+                rows.setdefault(target, {}).setdefault(key, []).append(
+                    {k: float(np.mean([x[k] for x in s])) for k in s[0]})
+    return {t: {p: {**{k: float(np.mean([r[k] for r in v])) for k in v[0]}, 'n': len(v)}
+                for p, v in pats.items()} for t, pats in rows.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--heldout', type=int, default=6, help='held-out subjects')
+    ap.add_argument('--work', type=Path, default=Path(os.environ.get('TMPDIR', '/tmp')) /
+                    'bids_synth_bench_quality')
+    ap.add_argument('--model', type=Path, help='diffusion model (default: the embedded one)')
+    ap.add_argument('--no-pair', action='store_true', help='skip the dedicated pair model')
+    ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
+    args = ap.parse_args(argv)
+    os.environ.setdefault('NIPYPE_NO_ET', '1')
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+    from bids_synth.bids.clinical import load_clinical
+    from bids_synth.models.baseline import RegressionImputer
+    from bids_synth.models.synthesis import DiffusionImputer
+    from bids_synth.phantom import generate_cohort
+    from bids_synth.preprocessing.templates import ensure_templateflow_home, load_template
+    from bids_synth.training.default_model import RECIPE
+    from bids_synth.training.fit import fit_model
+    from bids_synth.workflows.base import default_model_dir
+
+    ensure_templateflow_home()
+    t_start = time.monotonic()
+    work = args.work
+    model_dir = args.model or default_model_dir()
+    diffusion = DiffusionImputer.load(model_dir)
+    card = diffusion.card()
+    res = int(card['template']['res'])
+    tpl = load_template(res)
+    mask = tpl.mask.astype(bool)
+    modalities = tuple(card['modalities'])
+
+    train_bids = work / 'train' / 'bids'
+    if not (train_bids / 'dataset_description.json').is_file():
+        generate_cohort(train_bids, ground_truth=work / 'train' / 'gt', **RECIPE['phantom'])
+    train = _conform_cohort(train_bids, work / 'train' / 'conformed', res)
+    schema = load_clinical(train_bids).schema()
+    reg_dir = work / 'regression'
+    if not (reg_dir / 'model_card.json').is_file():
+        fit_model(train, method='regression', modalities=modalities, clinical_schema=schema,
+                  out_dir=reg_dir, res=res)
+    regression = RegressionImputer.load(reg_dir)
+
+    held_bids = work / 'heldout' / 'bids'
+    if not (held_bids / 'dataset_description.json').is_file():
+        generate_cohort(held_bids, n_subjects=args.heldout, seed=HELDOUT_SEED, missing=0.0,
+                        resolution=RECIPE['phantom']['resolution'],
+                        ground_truth=work / 'heldout' / 'gt')
+    held = _conform_cohort(held_bids, work / 'heldout' / 'conformed', res)
+
+    def patterns_for(target):
+        others = tuple(m for m in modalities if m != target)
+        return [others] + [(m,) for m in others] + [()]
+
+    sampler = card.get('sampler', {})
+    t0 = time.monotonic()
+    n_pred = [0]
+
+    def diff_predict(sess, target):
+        n_pred[0] += 1
+        return diffusion.predict(sess, (target,), seed=0)[target].mean
+
+    results = {
+        'diffusion': _evaluate(diff_predict, held, mask, modalities, patterns_for),
+    }
+    diff_seconds = (time.monotonic() - t0) / max(n_pred[0], 1)
+    results['regression'] = _evaluate(
+        lambda s, t: regression.predict(s, (t,))[t].mean, held, mask, modalities, patterns_for)
+    results['cohort_mean'] = _evaluate(
+        lambda s, t: regression.predict(type(s)(s.subject, s.session, {}, {}), (t,))[t].mean,
+        held, mask, modalities, lambda t: [()])
+
+    pair = None
+    if not args.no_pair:
+        pair_dir = work / 'pair_T1w_FDG'
+        if not (pair_dir / 'model_card.json').is_file():
+            fit_model(train, method='diffusion', modalities=('T1w', 'FDG'),
+                      clinical_schema=schema, out_dir=pair_dir, res=res,
+                      seed=RECIPE['seed'])
+        pair_model = DiffusionImputer.load(pair_dir)
+        pair_res = _evaluate(lambda s, t: pair_model.predict(s, (t,), seed=0)[t].mean,
+                             held, mask, ('FDG',), lambda t: [('T1w',)])
+        anysub = results['diffusion']['FDG']['T1w']
+        pair = {'target': 'FDG', 'inputs': 'T1w', 'pair_model': pair_res['FDG']['T1w'],
+                'any_subset_model': anysub,
+                'psnr_given_up_db': pair_res['FDG']['T1w']['psnr'] - anysub['psnr']}
+
+    summary = {}
+    for t in modalities:
+        allin = '+'.join(m for m in modalities if m != t)
+        d = results['diffusion'][t][allin]
+        r = results['regression'][t][allin]
+        m = results['cohort_mean'][t]['(none)']
+        summary[t] = {'diffusion_psnr': d['psnr'], 'regression_psnr': r['psnr'],
+                      'mean_psnr': m['psnr'], 'diffusion_minus_regression_db':
+                      d['psnr'] - r['psnr'], 'diffusion_ssim': d['ssim'],
+                      'regression_ssim': r['ssim'], 'mean_ssim': m['ssim']}
+    result = {
+        'benchmark': 'quality',
+        'heldout': {'subjects': args.heldout, 'seed': HELDOUT_SEED, 'missing': 0.0},
+        'training_cohort': RECIPE['phantom'],
+        'model': {'path': str(model_dir), 'name': card.get('name'), 'sha256': card['sha256'],
+                  'sampler': sampler},
+        'res': res,
+        'summary_all_other_inputs': summary,
+        'goal_diffusion_minus_regression_db': 2.0,
+        'goal_met_every_target': all(v['diffusion_minus_regression_db'] >= 2.0
+                                     for v in summary.values()),
+        'pair_model': pair,
+        'diffusion_seconds_per_prediction_cpu': diff_seconds,
+        'per_target_per_pattern': results,
+        'wall_seconds': time.monotonic() - t_start,
+        'date': time.strftime('%Y-%m-%d'),
+        'machine': {'cpus': os.cpu_count()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + '\n')
+    print(json.dumps({k: result[k] for k in ('summary_all_other_inputs', 'goal_met_every_target',
+                                             'pair_model')}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
