@@ -1,16 +1,20 @@
 """Imputation quality on a held-out phantom cohort: diffusion vs regression vs cohort mean.
 
-- Training data: the embedded default model's recipe cohort (``training.default_model.RECIPE``,
-  regenerated from its seed), conformed by the group level; the regression baseline and a
-  dedicated single-pair diffusion model (T1w -> FDG, same training recipe) are fitted on it.
+- Models, all fitted on the recipe cohort of ``training.default_model.RECIPE`` (24 phantom
+  subjects, seed 2026): the regression baseline is the embedded default model; the diffusion
+  model is the same recipe run with ``--method diffusion`` (``--diffusion DIR``); with
+  ``--pair`` a dedicated single-pair diffusion model (T1w -> FDG) is trained on the regenerated
+  cohort too.
 - Held-out data: a complete phantom cohort from a seed never used in training, conformed the
   same way (its ground truth is every modality).
 - Metrics (``bids_synth.metrics``): PSNR / SSIM / MAE inside the brain mask, per target
-  modality (from every other modality) and per missing pattern (each single input, none).
+  modality (from every other modality) and per missing pattern (one structural input - T1w,
+  or FDG for T1w - and no input at all).
 
 JSON to bench/results/quality.json; table in docs/benchmarks.md.
 
-    python bench/quality.py [--heldout 6] [--work DIR] [--no-pair]
+    python -m bids_synth.training.default_model --method diffusion --out DIFF_DIR
+    python bench/quality.py --diffusion DIFF_DIR [--heldout 3] [--work DIR] [--pair]
 """
 
 from __future__ import annotations
@@ -78,11 +82,14 @@ def _evaluate(predict, sessions, mask, modalities, patterns_for):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--heldout', type=int, default=6, help='held-out subjects')
+    ap.add_argument('--heldout', type=int, default=3, help='held-out subjects')
     ap.add_argument('--work', type=Path, default=Path(os.environ.get('TMPDIR', '/tmp')) /
                     'bids_synth_bench_quality')
-    ap.add_argument('--model', type=Path, help='diffusion model (default: the embedded one)')
-    ap.add_argument('--no-pair', action='store_true', help='skip the dedicated pair model')
+    ap.add_argument('--diffusion', type=Path, required=True,
+                    help='diffusion model of the default recipe (training.default_model '
+                    '--method diffusion)')
+    ap.add_argument('--pair', action='store_true',
+                    help='also train and score a dedicated T1w -> FDG diffusion model')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
     args = ap.parse_args(argv)
     os.environ.setdefault('NIPYPE_NO_ET', '1')
@@ -100,24 +107,16 @@ def main(argv=None) -> int:
     ensure_templateflow_home()
     t_start = time.monotonic()
     work = args.work
-    model_dir = args.model or default_model_dir()
+    model_dir = args.diffusion
     diffusion = DiffusionImputer.load(model_dir)
     card = diffusion.card()
     res = int(card['template']['res'])
     tpl = load_template(res)
     mask = tpl.mask.astype(bool)
     modalities = tuple(card['modalities'])
-
-    train_bids = work / 'train' / 'bids'
-    if not (train_bids / 'dataset_description.json').is_file():
-        generate_cohort(train_bids, ground_truth=work / 'train' / 'gt', **RECIPE['phantom'])
-    train = _conform_cohort(train_bids, work / 'train' / 'conformed', res)
-    schema = load_clinical(train_bids).schema()
-    reg_dir = work / 'regression'
-    if not (reg_dir / 'model_card.json').is_file():
-        fit_model(train, method='regression', modalities=modalities, clinical_schema=schema,
-                  out_dir=reg_dir, res=res)
-    regression = RegressionImputer.load(reg_dir)
+    regression = RegressionImputer.load(default_model_dir())
+    if int(regression.card()['template']['res']) != res:
+        raise SystemExit('the regression and diffusion models are on different grids')
 
     held_bids = work / 'heldout' / 'bids'
     if not (held_bids / 'dataset_description.json').is_file():
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
 
     def patterns_for(target):
         others = tuple(m for m in modalities if m != target)
-        return [others] + [(m,) for m in others] + [()]
+        return [others, ('FDG',) if target == 'T1w' else ('T1w',), ()]
 
     sampler = card.get('sampler', {})
     t0 = time.monotonic()
@@ -149,12 +148,16 @@ def main(argv=None) -> int:
         held, mask, modalities, lambda t: [()])
 
     pair = None
-    if not args.no_pair:
+    if args.pair:
+        train_bids = work / 'train' / 'bids'
+        if not (train_bids / 'dataset_description.json').is_file():
+            generate_cohort(train_bids, ground_truth=work / 'train' / 'gt', **RECIPE['phantom'])
+        train = _conform_cohort(train_bids, work / 'train' / 'conformed', res)
         pair_dir = work / 'pair_T1w_FDG'
         if not (pair_dir / 'model_card.json').is_file():
             fit_model(train, method='diffusion', modalities=('T1w', 'FDG'),
-                      clinical_schema=schema, out_dir=pair_dir, res=res,
-                      seed=RECIPE['seed'])
+                      clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
+                      res=res, seed=RECIPE['seed'])
         pair_model = DiffusionImputer.load(pair_dir)
         pair_res = _evaluate(lambda s, t: pair_model.predict(s, (t,), seed=0)[t].mean,
                              held, mask, ('FDG',), lambda t: [('T1w',)])
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
         'training_cohort': RECIPE['phantom'],
         'model': {'path': str(model_dir), 'name': card.get('name'), 'sha256': card['sha256'],
                   'sampler': sampler},
+        'regression_model': {'name': regression.card()['name'],
+                             'path': str(default_model_dir())},
         'res': res,
         'summary_all_other_inputs': summary,
         'goal_diffusion_minus_regression_db': 2.0,

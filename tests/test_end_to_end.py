@@ -150,3 +150,31 @@ def test_bad_file_in_one_subject(phantom6, group_regression, tmp_path, capsys):
     lines = [ln for ln in err.splitlines() if ln.startswith('bids_synth: error:')]
     assert len(lines) == 1 and bad.name in lines[0] and 'Traceback' not in err
     assert list((tmp_path / 'out' / f'sub-{good_sub}').rglob('*desc-synth_*.nii.gz'))
+
+
+def test_participant_with_embedded_default(tmp_path, capsys):
+    """No --model and no group model: the embedded default model is used, and the sidecar says
+    where the model came from."""
+    from bids_synth.bids.derivatives import derivative_path
+    from bids_synth.models.checkpoint import read_card
+    from bids_synth.phantom import generate_cohort
+    from bids_synth.workflows.base import default_model_dir
+
+    card = read_card(default_model_dir())
+    assert card['origin'] == 'embedded default' and card['recipe']['command']
+    cohort = generate_cohort(tmp_path / 'bids', n_subjects=2, seed=21, resolution='low',
+                             modalities=('T1w', 'FDG'), missing={'FDG': 0.5},
+                             ground_truth=tmp_path / 'gt')
+    out = tmp_path / 'out'
+    code = main([str(cohort.bids_dir), str(out), 'participant', '-w', str(tmp_path / 'work'),
+                 '--skip-bids-validation', '--nprocs', '2'])
+    assert code == 0, capsys.readouterr().err
+    (sub, ses), = [k for k, v in cohort.missing.items() if v]
+    path = derivative_path(out, subject=sub, session=ses, modality='FDG')
+    side = json.loads(path.with_name(path.name.replace('.nii.gz', '.json')).read_text())
+    prov = side['bids_synth']
+    assert prov['model_origin'] == 'embedded default' and prov['method'] == card['method']
+    assert prov['model_sha256'] == card['sha256'] and prov['inputs_used'] == ['T1w']
+    if find_validator() is not None:
+        result = validate_dataset(out)
+        assert result.ok, result.errors[:5]

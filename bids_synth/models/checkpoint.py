@@ -95,6 +95,10 @@ def save_model(path: str | Path, tensors: dict[str, np.ndarray], card: dict) -> 
     fd, tmp_c = tempfile.mkstemp(prefix='.tmp-', suffix='.json', dir=mdir)
     with os.fdopen(fd, 'w') as f:
         json.dump(card, f, indent=2, sort_keys=True, default=_jsonable)
+    umask = os.umask(0)
+    os.umask(umask)
+    for tmp in (tmp_w, tmp_c):  # mkstemp makes 0600 files: give them the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp_w, mdir / WEIGHTS_NAME)
     os.replace(tmp_c, mdir / CARD_NAME)
     return mdir
