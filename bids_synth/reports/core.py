@@ -154,20 +154,18 @@ def group_report(output_dir: str | Path, model_dir: str | Path) -> Path:
     parts = [f'<p>Model <code>{html.escape(str(model_dir))}</code>, method '
              f'<b>{html.escape(card["method"])}</b>, sha256 <code>{card["sha256"]}</code>.</p>']
     val = card.get('validation', {})
-    per_target = val.get('per_target', {})
-    if per_target:
-        parts.append('<h2>Validation on held-out subjects (inside the brain mask)</h2>')
-        rows = [(t, f'{m.get("psnr", float("nan")):.2f}', f'{m.get("ssim", float("nan")):.3f}',
-                 f'{m.get("mae", float("nan")):.4f}', m.get('n', ''))
-                for t, m in sorted(per_target.items())]
-        parts.append(_table(rows, ('target', 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
-    per_pattern = _flat_patterns(val.get('per_pattern', {}))
-    if per_pattern:
-        parts.append('<h2>Per missing pattern</h2>')
+    sections = (('Validation on held-out subjects (inside the brain mask)', 'target',
+                 val.get('per_target', {})),
+                ('Per missing pattern', 'target <- inputs',
+                 _flat_patterns(val.get('per_pattern', {}))))
+    for heading, first, metrics in sections:
+        if not metrics:
+            continue
         rows = [(k, f'{m.get("psnr", float("nan")):.2f}', f'{m.get("ssim", float("nan")):.3f}',
                  f'{m.get("mae", float("nan")):.4f}', m.get('n', ''))
-                for k, m in sorted(per_pattern.items())]
-        parts.append(_table(rows, ('target <- inputs', 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
+                for k, m in sorted(metrics.items())]
+        parts.append(f'<h2>{heading}</h2>'
+                     + _table(rows, (first, 'PSNR (dB)', 'SSIM', 'MAE', 'n')))
     split = val.get('split')
     if split:
         parts.append('<p>Split by subject: ' + html.escape(json.dumps(split)) + '</p>')
