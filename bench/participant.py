@@ -99,6 +99,14 @@ def _stage_times(cohort, model_dir, res, tmp: Path) -> list[dict]:
     return rows
 
 
+def _run(cmd: list[str]) -> None:
+    """Run a command; on failure show its stderr (the CLI's one-line error) and stop."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f'failed ({proc.returncode}): {" ".join(cmd)}')
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--subjects', type=int, default=4)
@@ -120,10 +128,9 @@ def main(argv=None) -> int:
         bids_synth = [sys.executable, '-m', 'bids_synth.cli.run']
         out = tmp / 'deriv'
         if args.method == 'regression':
-            subprocess.run(bids_synth + [str(cohort.bids_dir), str(out), 'group', '--method',
-                                         'regression', '--res', str(args.res), '-w',
-                                         str(tmp / 'gwork'), '--skip-bids-validation'],
-                           check=True, capture_output=True)
+            _run(bids_synth + [str(cohort.bids_dir), str(out), 'group', '--method',
+                               'regression', '--res', str(args.res), '-w', str(tmp / 'gwork'),
+                               '--skip-bids-validation'])
             model_dir = out / 'models' / 'regression'
         else:
             from bids_synth.workflows.base import default_model_dir
@@ -133,10 +140,9 @@ def main(argv=None) -> int:
         for rep in range(args.repeats):
             stage_runs.append(_stage_times(cohort, model_dir, args.res, tmp / f'stages{rep}'))
             t0 = time.perf_counter()
-            subprocess.run(bids_synth + [str(cohort.bids_dir), str(tmp / f'p{rep}'),
-                                         'participant', '--model', str(model_dir), '-w',
-                                         str(tmp / f'pwork{rep}'), '--skip-bids-validation',
-                                         '--no-reports'], check=True, capture_output=True)
+            _run(bids_synth + [str(cohort.bids_dir), str(tmp / f'p{rep}'), 'participant',
+                               '--model', str(model_dir), '-w', str(tmp / f'pwork{rep}'),
+                               '--skip-bids-validation', '--no-reports'])
             wall.append(time.perf_counter() - t0)
         n_sessions = len(stage_runs[0])
         stages = ('index', 'conform', 'synthesize', 'to_native', 'write')

@@ -37,12 +37,13 @@ def _config(cohort, tmp_path, **workflow):
 CARD = {'method': 'regression', 'modalities': ['T1w', 'T2w', 'FDG'], 'template': {'res': 4}}
 
 
-@pytest.mark.parametrize('num_samples', [1, 3])
-def test_participant_graph(cohort, inputs, tmp_path, num_samples):
+@pytest.mark.parametrize(('num_samples', 'reports'), [(1, True), (3, True), (1, False)])
+def test_participant_graph(cohort, inputs, tmp_path, num_samples, reports):
     from bids_synth.workflows.base import init_bids_synth_wf
 
     invs, clinical = inputs
     cfg = _config(cohort, tmp_path, num_samples=num_samples, method='regression')
+    cfg.execution.reports = reports
     wf = init_bids_synth_wf(cfg, invs, clinical, model='/m', model_card=CARD,
                             targets_of=lambda inv: inv.missing(('T1w', 'T2w', 'FDG')))
     graph = wf._create_flat_graph()
@@ -53,7 +54,7 @@ def test_participant_graph(cohort, inputs, tmp_path, num_samples):
                 assert any(f'sub_{sub}_wf' in n and n.endswith(f'{stage}_{target}')
                            for n in names), (sub, target, stage)
         if missing:
-            assert any(f'sub_{sub}_wf' in n and n.endswith('report') for n in names)
+            assert any(f'sub_{sub}_wf' in n and n.endswith('report') for n in names) == reports
         else:  # nothing to do: no sub-workflow at all
             assert not any(f'sub_{sub}_wf' in n for n in names)
     stds = [n for n in names if 'native_std_' in n]

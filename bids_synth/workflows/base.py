@@ -112,8 +112,6 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             idx += 1
     if config.execution.reports:
         wf.connect([(merge_outputs, report, [('out', 'records')])])  # fmt:skip
-    else:
-        wf.add_nodes([merge_outputs])
     return wf
 
 
