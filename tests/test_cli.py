@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,15 @@ def test_dry_run_on_pybids_examples(dataset, tmp_path, capsys):
     assert code == 0, captured.err
     assert 'Traceback' not in captured.err
     assert 'unreadable' in captured.out
+
+
+@pytest.mark.skipif(shutil.which('bids-validator-deno') is None
+                    and not (Path(sys.executable).parent / 'bids-validator-deno').exists(),
+                    reason='bids-validator-deno not installed')
+def test_validation_failure_is_16(small, tmp_path, capsys):
+    bids = _copy(small, tmp_path)
+    (bids / 'dataset_description.json').write_text('{"Name": "no BIDSVersion"}')
+    code, err = _run([bids, tmp_path / 'out', 'participant', '--dry-run'], capsys)
+    assert code == 16
+    (line,) = _error_lines(err)
+    assert 'validation failed' in line and '--skip-bids-validation' in line
