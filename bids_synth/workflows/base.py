@@ -18,7 +18,6 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..bids.modalities import MODALITIES
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
@@ -259,7 +258,3 @@ def _plain(obj):
 
 def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / 'data' / 'default_model'
-
-
-def known_modalities() -> tuple[str, ...]:
-    return tuple(MODALITIES)
