@@ -129,6 +129,7 @@ def write_synth_outputs(
 ) -> dict:
     """Write every file of one synthesized modality; return the record (paths relative)."""
     import nibabel as nib
+    from bids.layout import parse_file_entities
 
     from ..bids.derivatives import (
         bids_uri,
@@ -144,8 +145,6 @@ def write_synth_outputs(
     used = set(provenance.get('inputs_used', []))
     sources = []
     for path in source_files:
-        from bids.layout import parse_file_entities
-
         ents = parse_file_entities(path)
         ents['datatype'] = Path(path).parent.name
         if from_bids_entities(ents) in used:
