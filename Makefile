@@ -10,7 +10,7 @@ export TEMPLATEFLOW_HOME ?= $(CURDIR)/$(VENV)/share/templateflow
 export NIPYPE_NO_ET = 1
 export HF_HUB_OFFLINE = 1
 
-.PHONY: help venv demo test test-all default-model bench lint clean
+.PHONY: help venv demo test test-all default-model bench clean
 
 help:
 	@echo "make demo           phantom dataset -> group (regression fit + report) -> participant (embedded default model)"

@@ -62,9 +62,7 @@ def _stage_times(cohort, model_dir, res, tmp: Path) -> list[dict]:
         conformed = {}
         for mod in inv.available:
             conformed[mod] = conform(inv.files[mod].path, mod, template, work / mod,
-                                     metadata={'_bval': inv.files[mod].metadata.get('bval'),
-                                               '_bvec': inv.files[mod].metadata.get('bvec'),
-                                               **inv.files[mod].metadata})
+                                     metadata=inv.files[mod].metadata)
         t_conform = time.perf_counter() - t0
         sess = SessionArrays(inv.subject, inv.session,
                              {m: r.array for m, r in conformed.items()

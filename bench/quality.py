@@ -48,8 +48,7 @@ def _conform_cohort(bids_dir: Path, work: Path, res: int):
             f = inv.files[mod]
             cache = work / inv.label / f'{mod}.nii.gz'
             if not cache.is_file():
-                meta = dict(f.metadata, _bval=f.metadata.get('bval'), _bvec=f.metadata.get('bvec'))
-                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=meta)
+                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=f.metadata)
                 save_conformed(res_, cache, tpl)
             images[mod] = load_conformed(cache)
         out.append(SessionArrays(inv.subject, inv.session, images,

@@ -18,7 +18,7 @@ __all__ = ['ConformInput', 'ToNative']
 class _ConformInputInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='raw BIDS image')
     modality = traits.Str(mandatory=True, desc='registry modality name')
-    metadata = traits.Dict(desc='BIDS sidecar metadata (dwi: _bval/_bvec paths)')
+    metadata = traits.Dict(desc='BIDS sidecar metadata (dwi: bval/bvec paths)')
     res = traits.Int(2, usevalue=True, desc='template resolution (mm) of the model grid')
     omp_nthreads = traits.Int(1, usevalue=True, desc='threads for registration')
 
@@ -45,7 +45,7 @@ class ConformInput(SimpleInterface):
             self.inputs.modality,
             template,
             runtime.cwd,
-            metadata=_gradients(dict(self.inputs.metadata)),
+            metadata=dict(self.inputs.metadata),
             omp_nthreads=self.inputs.omp_nthreads,
         )
         out_file = os.path.join(runtime.cwd, f'{self.inputs.modality}_conformed.nii.gz')
@@ -86,11 +86,3 @@ class ToNative(SimpleInterface):
         img.to_filename(out_file)
         self._results['out_file'] = out_file
         return runtime
-
-
-def _gradients(metadata: dict) -> dict:
-    """Pass the dwi gradient files the BIDS layer found (``bval``/``bvec``) to conform."""
-    for key in ('bval', 'bvec'):
-        if metadata.get(key) and not metadata.get(f'_{key}'):
-            metadata[f'_{key}'] = metadata[key]
-    return metadata

@@ -315,7 +315,7 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
     work_dir : path-like
         Receives the native reference, the transform and intermediate files.
     metadata : dict, optional
-        BIDS sidecar (``_bval``/``_bvec`` for dwi).
+        BIDS sidecar (``bval``/``bvec`` gradient file paths for dwi).
     omp_nthreads : int
 
     Returns

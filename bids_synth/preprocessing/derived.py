@@ -279,7 +279,8 @@ def representation_native(path: str | Path, modality: str, metadata: dict | None
     modality : str
         Registry key (``bids.modalities.MODALITIES``).
     metadata : dict, optional
-        BIDS sidecar; for dwi, ``_bval`` and ``_bvec`` hold the paths of the gradient files.
+        BIDS sidecar; for dwi, ``bval`` and ``bvec`` hold the paths of the gradient files (as
+        ``bids.layout`` records them; default: the files beside the image).
 
     Returns
     -------
@@ -307,8 +308,8 @@ def representation_native(path: str | Path, modality: str, metadata: dict | None
             from dipy.io import read_bvals_bvecs
 
             base = str(path).replace('.nii.gz', '').replace('.nii', '')
-            bval = metadata.get('_bval') or base + '.bval'
-            bvec = metadata.get('_bvec') or base + '.bvec'
+            bval = metadata.get('bval') or base + '.bval'
+            bvec = metadata.get('bvec') or base + '.bvec'
             if not (Path(bval).is_file() and Path(bvec).is_file()):
                 raise DataError(f'{path}: missing .bval/.bvec ({bval}, {bvec})')
             bvals, bvecs = read_bvals_bvecs(str(bval), str(bvec))

@@ -75,8 +75,9 @@ def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarra
         for target in modalities:
             if target not in sess.images:
                 continue
-            for pattern in validation_patterns(target, [m for m in modalities
-                                                       if m in sess.images]):
+            patterns = validation_patterns(target, [m for m in modalities
+                                                    if m in sess.images])
+            for pattern in patterns:
                 masked = SessionArrays(sess.subject, sess.session,
                                        {m: sess.images[m] for m in pattern}, sess.clinical)
                 pred = imputer.predict(masked, (target,), **predict_kwargs)[target].mean
@@ -86,8 +87,7 @@ def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarra
                 merged = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
                 key = f'{target} <- {"+".join(pattern) or "(none)"}'
                 per_pattern.setdefault(key, []).append(merged)
-                if pattern == validation_patterns(target, [m for m in modalities
-                                                           if m in sess.images])[0]:
+                if pattern == patterns[0]:  # every other modality as input
                     per_target.setdefault(target, []).append(merged)
 
     def _mean(rows):
