@@ -55,9 +55,10 @@ class _Decoder(nn.Module):
     def __init__(self, net: SynthesisNet, target: str) -> None:
         super().__init__()
         self.net, self.sl = net, net.spec.latent_slices()[target]
+        self.csl = net.spec.channel_slices()[target]
 
     def decode_stage_2_outputs(self, z):
-        return self.net.decode(z[:, self.sl] * self.net.spec.scale_factor)
+        return self.net.decode(z[:, self.sl] * self.net.spec.scale_factor, self.csl)
 
 
 @torch.no_grad()

@@ -35,6 +35,34 @@ def test_spec_checks_and_round_trip():
         spec(shape=(25, 28, 24))
     with pytest.raises(ValueError, match='sampler'):
         spec(sampler='euler')
+    with pytest.raises(ValueError, match='channel_scale'):
+        spec(channel_scale=(1.0, 2.0))  # 8 channels
+    with pytest.raises(ValueError, match='channel_scale'):
+        spec(channel_scale=(1.0,) * 7 + (0.0,))
+    assert spec().channel_scales() == (1.0,) * 8
+
+
+def test_channel_scale_brings_every_channel_to_the_autoencoder_on_one_scale():
+    from bids_synth.models.synthesis import SynthesisNet
+
+    scales = (1.0, 2.0, 0.5, 0.01, 0.02, 0.03, 0.04, 3.0)
+    torch.manual_seed(0)
+    plain = SynthesisNet(spec(), {}).eval()
+    scaled = SynthesisNet(spec(channel_scale=scales), {}).eval()
+    scaled.load_state_dict(plain.state_dict())
+    s = torch.tensor(scales)[None, :, None, None, None]
+    x = torch.rand(1, 8, 24, 28, 24)
+    with torch.no_grad():
+        # the scaled net sees x * scale exactly as the plain net sees x
+        assert torch.allclose(scaled.encode(x * s), plain.encode(x), atol=1e-6)
+        z = plain.encode(x)
+        assert torch.allclose(scaled.decode(z), plain.decode(z) * s, atol=1e-6)
+        # one modality's channels: its own scales (bold is channels 2..7)
+        bold = slice(2, 8)
+        zb = plain.encode(x[:, bold], bold)
+        assert torch.allclose(scaled.encode(x[:, bold] * s[:, bold], bold), zb, atol=1e-6)
+        assert torch.allclose(scaled.decode(zb, bold), plain.decode(zb, bold) * s[:, bold],
+                              atol=1e-6)
 
 
 def test_autoencoder_channelwise_shapes():

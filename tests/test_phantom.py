@@ -304,6 +304,31 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert a.participants.equals(b.participants)
 
 
+def test_clean_rendering_is_the_same_session_without_acquisition_noise(tmp_path):
+    kw = dict(n_subjects=1, modalities=('T1w', 'FDG', 'bold', 'dwi'), missing=0.0,
+              resolution='low', seed=21)
+    noisy = generate_cohort(tmp_path / 'noisy', **kw)
+    clean = generate_cohort(tmp_path / 'clean', clean=True, **kw)
+    for mod in ('T1w', 'FDG', 'bold', 'dwi'):
+        rel = relpath(mod, '001', None)
+        a, b = nib.load(noisy.bids_dir / rel), nib.load(clean.bids_dir / rel)
+        assert np.allclose(a.affine, b.affine) and a.shape == b.shape  # same pose and grid
+        da, db = (np.asarray(x.dataobj, dtype=np.float32) for x in (a, b))
+        first = (da[..., 0], db[..., 0]) if da.ndim == 4 else (da, db)
+        fg = first[1] > 0.3 * first[1].max()
+        assert np.corrcoef(first[0][fg], first[1][fg])[0, 1] > 0.8  # same anatomy
+        if mod == 'FDG':  # no counting noise: the frames differ only by the uptake trend
+            ratio = db[..., 1][fg] / db[..., 0][fg]
+            assert ratio.std() < 1e-2 * ratio.mean()
+            assert (da[..., 1][fg] / da[..., 0][fg]).std() > 5e-2
+        else:  # no Rician / thermal noise floor outside the head
+            bg = db == 0
+            assert bg.mean() > 0.05 and da[bg].mean() > 1.0, mod
+    again = generate_cohort(tmp_path / 'again', **kw)  # the default rendering is unchanged
+    rel = relpath('T1w', '001', None)
+    assert (again.bids_dir / rel).read_bytes() == (noisy.bids_dir / rel).read_bytes()
+
+
 def test_missingness_rates_honoured_and_never_empty():
     keys = [(f'{i:03d}', None) for i in range(200)]
     rates = parse_missing({'FDG': 0.6, 'AV45': 0.6, 'dwi': 0.7, 'bold': 0.9}, MODS[3:])

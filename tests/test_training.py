@@ -15,7 +15,9 @@ from bids_synth.models.sampler import rflow_train_pair
 from bids_synth.models.synthesis import DiffusionImputer, SynthesisNet
 from bids_synth.training import diffusion as trainer
 from bids_synth.training.config import PRESETS
-from bids_synth.training.data import build_cohort, random_inputs, random_patches
+from bids_synth.training.data import (
+    build_cohort, channel_scales, random_inputs, random_patches,
+)
 from bids_synth.training.splits import split_subjects
 from bids_synth.training.toy import TOY_SCHEMA, toy_cohort
 
@@ -93,6 +95,21 @@ def test_patches_come_from_present_channels(cohort):
     p = random_patches(data.images, data.present, spec, 16, 8, torch.Generator().manual_seed(0),
                        mask)
     assert p.shape == (16, 1, 8, 8, 8) and float(p.max()) < 1e3
+
+
+def test_channel_scales_are_robust_maxima_of_present_data(cohort):
+    sessions, mask = cohort
+    spec = _spec()
+    data = build_cohort(sessions, spec, TOY_SCHEMA)
+    bold = spec.channel_slices()['bold']
+    data.images[:, bold.start] *= 1e-3  # e.g. ALFF, three orders below the others
+    data.present[:, 1] = False  # FDG missing everywhere: no scale can be measured
+    data.images[:, spec.channel_slices()['FDG']] = 1e6
+    scales = channel_scales(data, spec, mask)
+    assert len(scales) == spec.total_channels and scales[1] == 1.0
+    ref = float(np.quantile(np.abs(data.images[:, 0].numpy()[:, mask]), 0.99))
+    assert scales[0] == pytest.approx(ref, rel=1e-3)
+    assert scales[bold.start] == pytest.approx(1e-3 * scales[bold.start + 1], rel=0.5)
 
 
 def test_split_is_by_subject():

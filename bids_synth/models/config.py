@@ -52,6 +52,11 @@ class ModelSpec:
         Rectified-flow training time range ``[0, T]``; the network predicts the clean latent.
     scale_factor : float
         Latents are multiplied by this before diffusion (1 / std of the training latents).
+    channel_scale : tuple of float
+        Per image channel, the intensity the channel is divided by before encoding (and
+        multiplied by after decoding): the 99th percentile of its absolute value in the brain
+        mask of the training data, so that every channel (T1w near 1, ALFF near 0.004, MD near
+        2) reaches the shared autoencoder on the same scale. Empty: 1 for every channel.
     sampler : str
         Default sampler, ``'rflow'`` or ``'ddim'``.
     steps : int
@@ -76,6 +81,7 @@ class ModelSpec:
     text_dim: int = 384
     num_train_timesteps: int = 1000
     scale_factor: float = 1.0
+    channel_scale: tuple[float, ...] = ()
     sampler: str = 'rflow'
     steps: int = 20
     norm_num_groups: int = 8
@@ -87,6 +93,10 @@ class ModelSpec:
             raise ValueError('ModelSpec: unet_channels and unet_attention differ in length')
         if self.sampler not in ('rflow', 'ddim'):
             raise ValueError(f'ModelSpec: sampler must be rflow or ddim, got {self.sampler!r}')
+        if self.channel_scale and (len(self.channel_scale) != self.total_channels
+                                   or min(self.channel_scale) <= 0):
+            raise ValueError(f'ModelSpec: channel_scale needs {self.total_channels} positive '
+                             f'values, got {len(self.channel_scale)}')
         f = self.down_factor
         if any(s % f for s in self.shape):
             raise ValueError(f'ModelSpec: grid {self.shape} is not divisible by the AE factor {f}')
@@ -108,6 +118,10 @@ class ModelSpec:
     @property
     def latent_channels_total(self) -> int:
         return self.total_channels * self.ae_latent_channels
+
+    def channel_scales(self) -> tuple[float, ...]:
+        """``channel_scale``, or ones when it is empty."""
+        return tuple(self.channel_scale) or (1.0,) * self.total_channels
 
     def channel_slices(self) -> dict[str, slice]:
         """Image-channel range of each modality in the stacked (C_total, X, Y, Z) array."""

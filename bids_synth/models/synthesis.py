@@ -80,14 +80,28 @@ class SynthesisNet(nn.Module):
         self.clinical = ClinicalEncoder(schema, spec.context_dim)
         self.denoiser = Denoiser(spec)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Scaled latents, shape (B, Z, x, y, z), of images (B, C_total, X, Y, Z)."""
+    def _scales(self, channels: slice | None, like: torch.Tensor) -> torch.Tensor:
+        s = torch.tensor(self.spec.channel_scales(), dtype=like.dtype, device=like.device)
+        return s[channels if channels is not None else slice(None)][None, :, None, None, None]
+
+    def encode(self, images: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
+        """Scaled latents, shape (B, Z, x, y, z), of images (B, C_total, X, Y, Z).
+
+        ``channels``: the image channels ``images`` holds (``spec.channel_slices()[m]`` for one
+        modality); all channels by default.
+        """
+        images = images / self._scales(channels, images)
         return encode_channels(self.autoencoder, images) * self.spec.scale_factor
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, X, Y, Z) of scaled latents (B, C * L, x, y, z)."""
-        return decode_channels(self.autoencoder, latents / self.spec.scale_factor,
-                               self.spec.ae_latent_channels)
+    def decode(self, latents: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
+        """Images (B, C, X, Y, Z) of scaled latents (B, C * L, x, y, z).
+
+        ``channels``: the image channels the latents stand for (``spec.channel_slices()[m]``
+        for one modality); all channels by default.
+        """
+        out = decode_channels(self.autoencoder, latents / self.spec.scale_factor,
+                              self.spec.ae_latent_channels)
+        return out * self._scales(channels, out)
 
     def frequency(self, images: torch.Tensor) -> torch.Tensor:
         """Frequency features (B, C_total, x, y, z) of images (B, C_total, X, Y, Z)."""
@@ -224,7 +238,7 @@ class DiffusionImputer:
         for m, sl in spec.latent_slices().items():
             if m in inputs:
                 csl = spec.channel_slices()[m]
-                latents[:, sl] = net.encode(images[:, csl])
+                latents[:, sl] = net.encode(images[:, csl], csl)
         freq = net.frequency(images)
         clin = clinical_batch([session.clinical or {}], net.clinical.schema).to(device)
         cond, context, fus = net.conditioning(latents, freq, avail, clin)
@@ -248,7 +262,8 @@ class DiffusionImputer:
         out = {}
         lsl = spec.latent_slices()
         for t in targets:
-            imgs = net.decode(z0[:, lsl[t]]).float().cpu().numpy()  # (K, C, X, Y, Z)
+            # (K, C, X, Y, Z)
+            imgs = net.decode(z0[:, lsl[t]], spec.channel_slices()[t]).float().cpu().numpy()
             mean = imgs.mean(axis=0).astype(np.float32)
             std = imgs.std(axis=0).astype(np.float32) if num_samples > 1 else None
             out[t] = Prediction(mean=mean, std=std, extra=dict(extra_common))

@@ -45,8 +45,12 @@ def dmn_coupling(severity: float) -> float:
 
 def bold_series(rng: np.random.Generator, *, baseline: np.ndarray, gm: np.ndarray,
                 nodes: np.ndarray, names: list[str], severity: float, n_vols: int,
-                zooms) -> np.ndarray:
-    """4D series (X, Y, Z, T) from native-grid baseline, GM fraction and node weights."""
+                zooms, thermal_noise: bool = True) -> np.ndarray:
+    """4D series (X, Y, Z, T) from native-grid baseline, GM fraction and node weights.
+
+    ``thermal_noise=False`` leaves the scanner's white noise out (drawn all the same); the
+    neural and physiological fluctuations stay.
+    """
     t = n_vols
     c = dmn_coupling(severity)
     dmn = band_limited(rng, t, TR_S)
@@ -78,7 +82,7 @@ def bold_series(rng: np.random.Generator, *, baseline: np.ndarray, gm: np.ndarra
     sigma = 0.01 * float(np.percentile(baseline[baseline > 0], 90)) if (baseline > 0).any() \
         else 1.0
     noise = rng.standard_normal(data.shape, dtype=np.float32)
-    noise *= np.float32(sigma)
+    noise *= np.float32(sigma if thermal_noise else 0.0)
     data += noise
     np.abs(data, out=data)
     return data.reshape((t,) + shape[::-1]).transpose(3, 2, 1, 0)

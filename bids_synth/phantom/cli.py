@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--overwrite', action='store_true',
                    help='replace an existing phantom cohort at these paths')
     p.add_argument('-j', '--jobs', type=int, default=1, help='sessions rendered in parallel')
+    p.add_argument('--clean', action='store_true',
+                   help='render without the acquisition bias fields and noise (an oracle '
+                        'reference for benchmarks, not realistic data)')
     p.add_argument('-v', '--verbose', action='store_true', help='tracebacks on errors')
     return p
 
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
             args.output_dir, n_subjects=args.subjects, n_sessions=args.sessions,
             seed=args.seed, modalities=args.modalities, missing=parse_missing_arg(args.missing),
             resolution=args.resolution, ground_truth=args.ground_truth,
-            overwrite=args.overwrite, n_jobs=args.jobs,
+            overwrite=args.overwrite, n_jobs=args.jobs, clean=args.clean,
         )
     except BIDSSynthError as exc:
         if verbose:

@@ -237,6 +237,7 @@ def generate_cohort(
     ground_truth=None,
     overwrite: bool = False,
     n_jobs: int = 1,
+    clean: bool = False,
 ) -> PhantomCohort:
     """Generate a phantom BIDS cohort and its complete ground truth.
 
@@ -264,6 +265,11 @@ def generate_cohort(
         Replace an existing phantom cohort at these paths.
     n_jobs : int
         Sessions rendered in parallel processes.
+    clean : bool
+        Render the same cohort without the acquisition's bias fields and noise (MRI bias and
+        Rician noise, PET counting noise, bold thermal noise): the same subjects, anatomy,
+        tracer maps and BOLD fluctuations. An oracle reference for benchmarks (the best any
+        imputer could do), not realistic data.
 
     Returns
     -------
@@ -324,7 +330,7 @@ def generate_cohort(
             roots = {m: [gt_dir] + ([] if m in miss[(s.label, v.session)] else [bids_dir])
                      for m in mods}
             jobs.append((s, k, dict(seed=seed, sub_index=i, modalities=mods,
-                                    resolution=resolution, roots=roots)))
+                                    resolution=resolution, roots=roots, clean=clean)))
     try:
         if n_jobs > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs))) as pool:

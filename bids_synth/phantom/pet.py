@@ -48,8 +48,11 @@ def uptake_map(tracer: str, tis: Tissues, tpl: Template, *, severity: float, amy
 
 
 def pet_frames(native: np.ndarray, tracer: str, *, zooms, fwhm_mm: float, dose_factor: float,
-               n_frames: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames (X, Y, Z, T) in Bq/mL from native-grid relative uptake ``native``."""
+               n_frames: int, rng: np.random.Generator, noise: bool = True) -> np.ndarray:
+    """Frames (X, Y, Z, T) in Bq/mL from native-grid relative uptake ``native``.
+
+    ``noise=False`` leaves the counting noise out (its random numbers are drawn all the same).
+    """
     info = TRACERS[tracer]
     sig_vox = [fwhm_mm / 2.3548 / z for z in zooms]
     act = ndi.gaussian_filter(native, sig_vox) * np.float32(info['conc_gm'] * dose_factor)
@@ -60,9 +63,10 @@ def pet_frames(native: np.ndarray, tracer: str, *, zooms, fwhm_mm: float, dose_f
         t_mid = info['start_min'] + (k + 0.5) * frame_min
         trend = 1 + (0.004 if tracer == 'FDG' else -0.002) * (t_mid - info['start_min'] - 15)
         white = rng.standard_normal(act.shape, dtype=np.float32)
-        noise = ndi.gaussian_filter(white, [s * 0.6 for s in sig_vox])
-        noise *= np.sqrt(np.maximum(act, 0) * mean) * np.float32(0.5 / np.sqrt(frame_min / 5))
-        frames[..., k] = np.maximum(act * trend + noise, 0)
+        level = np.float32(0.5 / np.sqrt(frame_min / 5)) if noise else np.float32(0.0)
+        noisy = ndi.gaussian_filter(white, [s * 0.6 for s in sig_vox])
+        noisy *= np.sqrt(np.maximum(act, 0) * mean) * level
+        frames[..., k] = np.maximum(act * trend + noisy, 0)
     return frames
 
 

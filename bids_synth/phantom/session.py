@@ -109,11 +109,13 @@ def _json(d: dict) -> str:
 
 
 def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modalities,
-                   resolution: str, roots: dict[str, list[Path]]) -> dict:
+                   resolution: str, roots: dict[str, list[Path]], clean: bool = False) -> dict:
     """Generate and write every modality of visit ``k`` of ``subj``.
 
     ``roots[modality]`` lists the dataset roots the modality is written to (the ground truth
-    always, the BIDS dataset unless the modality is missing in this session). Returns the
+    always, the BIDS dataset unless the modality is missing in this session). ``clean``
+    renders the same session without the acquisition's bias field and noise (the random draws
+    are made all the same, so everything else is identical). Returns the
     session's truth: age, severity and, per modality, the affine from native voxels to
     template (MNI) mm without the non-linear warp (``template_from_voxel``).
     """
@@ -149,13 +151,13 @@ def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modaliti
         grid = make_grid(zooms, FOV[fam], axcodes, centre)
         t_aff = deform.linear() @ np.linalg.inv(pose.scanner_from_subject()) @ grid.affine
         truth['template_from_voxel'][mod] = t_aff.round(6).tolist()
-        files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res)
+        files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean)
         for rel_ext, payload in files.items():
             _write(roots[mod], relpath(mod, sub, ses, rel_ext), payload)
     return truth
 
 
-def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> dict:
+def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean) -> dict:
     zooms = np.sqrt((grid.affine[:3, :3] ** 2).sum(0))
     if fam == 'anat':
         one_mm = tis.gm is not None and zooms.min() < 1.5
@@ -163,8 +165,11 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> di
         coords = template_coords(grid, pose, deform, aff)
         img = sample(mri.contrast_map(mod, tis, age=visit.age, rng=rng, res=1 if one_mm else 2),
                      coords)
-        img *= mri.bias_field(rng, grid.shape)
-        img = mri.rician(rng, img, 25.0)
+        bias = mri.bias_field(rng, grid.shape)
+        if not clean:
+            img *= bias
+        noisy = mri.rician(rng, img, 25.0)
+        img = img if clean else noisy
         return {'.nii.gz': _nifti_bytes(img, grid.affine), '.json': _json(mri.anat_sidecar(mod))}
     coords = template_coords(grid, pose, deform, tpl.affine2)
     if fam == 'pet':
@@ -174,13 +179,15 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> di
         dose = float(rng.uniform(0.9, 1.1))
         fwhm = float(rng.uniform(5.0, 7.0))
         frames = pet.pet_frames(up, mod, zooms=zooms, fwhm_mm=fwhm, dose_factor=dose,
-                                n_frames=n, rng=rng)
+                                n_frames=n, rng=rng, noise=not clean)
         tz = f'{int(rng.integers(8, 16)):02d}:{int(rng.integers(0, 60)):02d}:00'
         side = pet.pet_sidecar(mod, n_frames=n, dose_factor=dose, fwhm_mm=fwhm, time_zero=tz)
         return {'.nii.gz': _nifti_bytes(frames, grid.affine), '.json': _json(side)}
     frac = {'gm': sample(tis.gm2, coords), 'wm': sample(tis.wm2, coords),
             'csf': sample(tis.csf2, coords), 'wmh': sample(tis.wmh2, coords)}
     bias = mri.bias_field(rng, grid.shape, 0.15)
+    if clean:
+        bias[:] = 1.0
     if fam == 'bold':
         names, maps = boldm.network_maps(tpl)
         nodes = np.stack([sample(m, coords) for m in maps])
@@ -190,7 +197,8 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> di
             mri._tissue_signal(seq, *mri.TISSUE_PARAMS['wm'])
         base = (2500.0 * base * bias).astype(np.float32)  # GM ~1000, as scanners store
         data = boldm.bold_series(rng, baseline=base, gm=frac['gm'], nodes=nodes, names=names,
-                                 severity=visit.severity, n_vols=res['bold_vols'], zooms=zooms)
+                                 severity=visit.severity, n_vols=res['bold_vols'], zooms=zooms,
+                                 thermal_noise=not clean)
         return {'.nii.gz': _nifti_bytes(data, grid.affine, tr=boldm.TR_S),
                 '.json': _json(boldm.bold_sidecar(grid.shape[2]))}
     dyad = np.stack([sample(c, coords) for c in tpl.dyad2])
@@ -198,7 +206,8 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res) -> di
     d = dwim.diffusivities(visit.age, visit.severity)
     sig = dwim.dwi_signal(frac, dyad, pose.rotation, bvals, dirs, d)
     sig *= bias[..., None]
-    sig = mri.rician(rng, sig, 12.0)
+    noisy = mri.rician(rng, sig, 12.0)
+    sig = sig if clean else noisy
     bvec = dwim.fsl_bvecs(dirs, grid.affine)
     bvec_txt = '\n'.join(' '.join(f'{v:.6f}' for v in row) for row in bvec) + '\n'
     bval_txt = ' '.join(str(int(b)) for b in bvals) + '\n'

@@ -12,7 +12,7 @@ from ..models.config import ModelSpec
 from ..models.imputer import SessionArrays
 from ..models.synthesis import stack_images
 
-__all__ = ['Cohort', 'build_cohort', 'random_inputs', 'random_patches']
+__all__ = ['Cohort', 'build_cohort', 'channel_scales', 'random_inputs', 'random_patches']
 
 
 @dataclass
@@ -46,6 +46,23 @@ def build_cohort(sessions: list[SessionArrays], spec: ModelSpec, schema: dict) -
     return Cohort(torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(pres)),
                   clinical_batch([s.clinical or {} for s in sessions], schema),
                   [s.subject for s in sessions])
+
+
+def channel_scales(cohort: Cohort, spec: ModelSpec, mask: np.ndarray,
+                   q: float = 0.99) -> tuple[float, ...]:
+    """Per image channel, the ``q`` quantile of its absolute value in ``mask`` over the
+    sessions where its modality is present (1.0 for a channel without data)."""
+    m = torch.from_numpy(np.asarray(mask, bool))
+    out = []
+    for j, sl in enumerate(spec.channel_slices().values()):
+        rows = cohort.present[:, j]
+        for c in range(sl.start, sl.stop):
+            v = cohort.images[rows, c][:, m].abs().flatten()
+            if v.numel() > 2_000_000:  # torch.quantile's input limit; a regular subsample
+                v = v[::v.numel() // 1_000_000 + 1]
+            val = float(torch.quantile(v, q)) if v.numel() else 1.0
+            out.append(val if val > 1e-8 else 1.0)
+    return tuple(out)
 
 
 def random_inputs(present: torch.Tensor, generator: torch.Generator,

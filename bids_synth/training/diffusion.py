@@ -42,7 +42,7 @@ from ..models.sampler import SAMPLERS, rflow_train_pair
 from ..models.synthesis import DiffusionImputer, SynthesisNet
 from ..preprocessing.templates import TEMPLATE, model_grid
 from .config import TrainConfig, get_config
-from .data import Cohort, build_cohort, random_inputs, random_patches
+from .data import Cohort, build_cohort, channel_scales, random_inputs, random_patches
 from .splits import split_subjects
 from .state import clear_state, load_state, restore, save_state
 from .validation import autoencoder_psnr, validate
@@ -172,6 +172,8 @@ def train_diffusion(
     cohort = build_cohort(train, spec, schema)
     if not len(cohort):
         raise DataError('no training sessions after the subject split')
+    if base is None:  # a fine-tuned model keeps its base's intensity scales
+        net.spec = spec = spec.with_(channel_scale=channel_scales(cohort, spec, mask))
     bio = BiomarkerLoss(affine, shape, mask).to(device)
 
     done = sum(steps[s] for s in STAGES[:STAGES.index(meta['stage'])] if meta['stage'] in STAGES)
@@ -211,8 +213,10 @@ def train_diffusion(
     # 1. autoencoder ------------------------------------------------------------------------
     from ..models.autoencoder import autoencoder_loss
 
+    ae_images = cohort.images / torch.tensor(spec.channel_scales())[None, :, None, None, None]
+
     def ae_step() -> torch.Tensor:
-        p = random_patches(cohort.images, cohort.present, spec, cfg.ae_batch,
+        p = random_patches(ae_images, cohort.present, spec, cfg.ae_batch,
                            min(cfg.ae_patch, *shape), gen, mask)
         return autoencoder_loss(net.autoencoder, p.to(device))[0]
 
@@ -270,7 +274,7 @@ def train_diffusion(
             i, j = (int(v) for v in hidden.nonzero()[int(torch.randint(int(hidden.sum()), (1,),
                                                                    generator=gen))])
             m = spec.modalities[j]
-            pred = net.decode(x0[i:i + 1, lsl[m]])
+            pred = net.decode(x0[i:i + 1, lsl[m]], csl[m])
             real = cohort.images[idx[i]:idx[i] + 1, csl[m]].to(device)
             loss = loss + cfg.consistency_weight * bio(pred, real)
         return loss

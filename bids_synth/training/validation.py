@@ -78,6 +78,7 @@ def autoencoder_psnr(model: DiffusionImputer, sessions: list[SessionArrays],
             if m not in s.images:
                 continue
             x = torch.from_numpy(np.asarray(s.images[m], np.float32))[None]
-            rec = net.decode(net.encode(x))[0].numpy()
+            sl = spec.channel_slices()[m]
+            rec = net.decode(net.encode(x, sl), sl)[0].numpy()
             out[m].append(score(rec, s.images[m], mask)['psnr'])
     return {m: float(np.mean(v)) for m, v in out.items()}
