@@ -144,6 +144,8 @@ def main(argv=None) -> int:
                     help='also train and score a dedicated T1w -> FDG diffusion model')
     ap.add_argument('--num-samples', type=int, default=1,
                     help='diffusion samples averaged per prediction (K)')
+    ap.add_argument('--steps', type=int, default=None,
+                    help='diffusion sampler steps (default: the model card\'s)')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
     args = ap.parse_args(argv)
     if args.table:
@@ -202,8 +204,8 @@ def main(argv=None) -> int:
 
     def diff_predict(sess, target):
         n_pred[0] += 1
-        return diffusion.predict(sess, (target,), seed=0,
-                                 num_samples=args.num_samples)[target].mean
+        return diffusion.predict(sess, (target,), seed=0, num_samples=args.num_samples,
+                                 steps=args.steps)[target].mean
 
     results = {
         'diffusion': _evaluate(diff_predict, held, mask, modalities, patterns_for, clean),
@@ -232,7 +234,8 @@ def main(argv=None) -> int:
                       clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
                       res=res, seed=RECIPE['seed'])
         pair_model = DiffusionImputer.load(pair_dir)
-        pair_res = _evaluate(lambda s, t: pair_model.predict(s, (t,), seed=0)[t].mean,
+        pair_res = _evaluate(lambda s, t: pair_model.predict(
+            s, (t,), seed=0, num_samples=args.num_samples, steps=args.steps)[t].mean,
                              held, mask, ('FDG',), lambda t: [('T1w',)])
         anysub = results['diffusion']['FDG']['T1w']
         pair = {'target': 'FDG', 'inputs': 'T1w', 'pair_model': pair_res['FDG']['T1w'],
@@ -271,6 +274,7 @@ def main(argv=None) -> int:
         'goal_reachable_every_target': all(v['oracle_minus_regression_db'] >= 2.0
                                            for v in summary.values()),
         'num_samples': args.num_samples,
+        'steps': args.steps or sampler.get('steps'),
         'pair_model': pair,
         'diffusion_seconds_per_prediction_cpu': diff_seconds,
         'per_target_per_pattern': results,

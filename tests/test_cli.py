@@ -143,3 +143,23 @@ def test_validation_failure_is_16(small, tmp_path, capsys):
     assert code == 16
     (line,) = _error_lines(err)
     assert 'validation failed' in line and '--skip-bids-validation' in line
+
+
+def test_graph_runs_with_the_startup_heap_frozen(small, tmp_path, capsys, monkeypatch):
+    """nipype's MultiProc loop calls gc.collect() on every poll: the heap that exists before the
+    run (torch, MONAI, pybids, the graph) is frozen out of it, and thawed afterwards."""
+    import gc
+
+    from nipype.pipeline.engine import Workflow
+
+    seen = {}
+
+    def fake_run(self, plugin=None, plugin_args=None, **kw):
+        seen['frozen'] = gc.get_freeze_count()
+
+    monkeypatch.setattr(Workflow, 'run', fake_run)
+    code = main([str(small.bids_dir), str(tmp_path / 'out'), 'participant', '--model', 'default',
+                 '--skip-bids-validation', '-w', str(tmp_path / 'work')])
+    assert code == 0, capsys.readouterr().err
+    assert seen['frozen'] > 100_000  # modules, the layout and the graph
+    assert gc.get_freeze_count() == 0

@@ -34,9 +34,9 @@ class TrainConfig:
     """
 
     model: dict = field(default_factory=lambda: {
-        'ae_channels': (8, 16, 32), 'unet_channels': (32, 64), 'unet_attention': (False, True),
-        'norm_num_groups': 8})
-    ae_steps: int = 600
+        'ae_channels': (8, 16), 'ae_latent_channels': 4, 'unet_channels': (32, 64),
+        'unet_attention': (False, True), 'norm_num_groups': 8})
+    ae_steps: int = 2000
     ae_batch: int = 4
     ae_patch: int = 24
     ae_lr: float = 2e-3

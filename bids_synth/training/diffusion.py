@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -194,6 +195,8 @@ def train_diffusion(
         losses = meta['losses'].setdefault(stage, [])
         t0 = time.perf_counter()
         for step in range(start, steps[stage]):
+            for group in opt.param_groups:  # cosine decay to lr/10, a function of the step
+                group['lr'] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps[stage])))
             net.train()
             loss = step_fn()
             opt.zero_grad(set_to_none=True)
