@@ -122,7 +122,10 @@ def markdown(result: dict) -> str:
             cells.append(f'{label}{r:.1f} / {d:.1f}')
         lines.append(f"| {t} | {' | '.join(cells)} |")
     pair = result.get('pair_model')
-    if pair:
+    if pair and 'error' in pair:
+        lines += ['', f"Dedicated pair model {pair['inputs']} -> {pair['target']}: no figure "
+                  f"({pair['error']})."]
+    elif pair:
         lines += ['', f"Dedicated pair model {pair['inputs']} -> {pair['target']}: "
                   f"{pair['pair_model']['psnr']:.1f} dB; the any-subset model with the same "
                   f"input: {pair['any_subset_model']['psnr']:.1f} dB "
@@ -157,6 +160,7 @@ def main(argv=None) -> int:
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
     from bids_synth.bids.clinical import load_clinical
+    from bids_synth.errors import ModelError
     from bids_synth.models.baseline import RegressionImputer
     from bids_synth.models.synthesis import DiffusionImputer
     from bids_synth.phantom import generate_cohort
@@ -234,13 +238,17 @@ def main(argv=None) -> int:
                       clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
                       res=res, seed=RECIPE['seed'])
         pair_model = DiffusionImputer.load(pair_dir)
-        pair_res = _evaluate(lambda s, t: pair_model.predict(
-            s, (t,), seed=0, num_samples=args.num_samples, steps=args.steps)[t].mean,
-                             held, mask, ('FDG',), lambda t: [('T1w',)])
-        anysub = results['diffusion']['FDG']['T1w']
-        pair = {'target': 'FDG', 'inputs': 'T1w', 'pair_model': pair_res['FDG']['T1w'],
-                'any_subset_model': anysub,
-                'psnr_given_up_db': pair_res['FDG']['T1w']['psnr'] - anysub['psnr']}
+        try:
+            pair_res = _evaluate(lambda s, t: pair_model.predict(
+                s, (t,), seed=0, num_samples=args.num_samples, steps=args.steps)[t].mean,
+                                 held, mask, ('FDG',), lambda t: [('T1w',)])
+        except ModelError as exc:  # e.g. a diverged training: no figure, the reason instead
+            pair = {'target': 'FDG', 'inputs': 'T1w', 'error': str(exc)}
+        else:
+            anysub = results['diffusion']['FDG']['T1w']
+            pair = {'target': 'FDG', 'inputs': 'T1w', 'pair_model': pair_res['FDG']['T1w'],
+                    'any_subset_model': anysub,
+                    'psnr_given_up_db': pair_res['FDG']['T1w']['psnr'] - anysub['psnr']}
 
     summary = {}
     for t in modalities:

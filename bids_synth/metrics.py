@@ -73,7 +73,8 @@ def psnr(pred, ref, mask, data_range: float | None = None) -> float:
         dr = _range(r, mask, data_range)
         m = PSNRMetric(max_val=dr, reduction='mean')
         v = m(torch.from_numpy(p[mask])[None, None], torch.from_numpy(r[mask])[None, None])
-        out.append(min(float(v), 100.0) if math.isfinite(float(v)) else 100.0)
+        v = float(v)  # identical images: +inf, reported as 100 dB; NaN input stays NaN
+        out.append(v if math.isnan(v) else min(v, 100.0))
     return float(np.mean(out))
 
 

@@ -23,6 +23,13 @@ def test_perfect_prediction(data):
     assert s['mae'] == 0 and s['ssim'] == pytest.approx(1.0) and s['psnr'] == 100.0
 
 
+def test_nan_prediction_is_not_a_perfect_score(data):
+    ref, mask = data
+    pred = ref.copy()
+    pred[mask] = np.nan
+    assert np.isnan(psnr(pred, ref, mask)) and np.isnan(mae(pred, ref, mask))
+
+
 def test_background_does_not_count(data):
     ref, mask = data
     pred = ref + 0.05 * mask

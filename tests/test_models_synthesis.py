@@ -133,6 +133,15 @@ def test_tampered_weights_and_card_are_refused(trained, tmp_path):
         DiffusionImputer.load(d2)
 
 
+def test_non_finite_output_is_a_clear_error(trained, monkeypatch):
+    path, sessions, _ = trained
+    model = load_imputer(path)
+    monkeypatch.setattr(model.net, 'decode', lambda z, channels=None: torch.full(
+        (z.shape[0], channels.stop - channels.start, *model.spec.shape), float('nan')))
+    with pytest.raises(ModelError, match='non-finite'):
+        model.predict(sessions[0], ('FDG',), seed=0)
+
+
 def test_bad_inputs_are_clear_errors(trained):
     path, sessions, _ = trained
     model = DiffusionImputer.load(path)

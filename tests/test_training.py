@@ -163,6 +163,36 @@ def test_bad_training_inputs(cohort, tmp_path):
     assert clinical_batch([{}], {}).values.shape == (1, 0)
 
 
+def test_non_finite_steps_are_skipped_and_divergence_stops_the_run(cohort, tmp_path,
+                                                                   monkeypatch):
+    import bids_synth.models.autoencoder as ae_mod
+
+    sessions, mask = cohort
+    kw = dict(mask=mask, clinical_schema=TOY_SCHEMA, modalities=MODS, res=8, progress=False)
+    real = ae_mod.autoencoder_loss
+    calls = {'n': 0}
+
+    def one_nan(*a, **k):  # the second autoencoder step diverges once
+        calls['n'] += 1
+        loss, parts = real(*a, **k)
+        return (loss * float('nan') if calls['n'] == 2 else loss), parts
+
+    monkeypatch.setattr(ae_mod, 'autoencoder_loss', one_nan)
+    path = trainer.train_diffusion(sessions, out_dir=tmp_path / 'once',
+                                   config={**TINY, 'ae_steps': 4}, **kw)
+    card = DiffusionImputer.load(path).card()
+    assert card['training']['skipped_steps'] == {'ae': 1}
+    assert card['training']['losses']['ae']['steps'] == 3
+    for v in DiffusionImputer.load(path).net.state_dict().values():
+        assert torch.isfinite(v).all()
+
+    monkeypatch.setattr(ae_mod, 'autoencoder_loss',
+                        lambda *a, **k: (real(*a, **k)[0] * float('nan'), {}))
+    with pytest.raises(ModelError, match='diverged'):
+        trainer.train_diffusion(sessions, out_dir=tmp_path / 'always',
+                                config={**TINY, 'ae_steps': 12}, **kw)
+
+
 def test_fine_tune_keeps_the_autoencoder(cohort, tmp_path):
     sessions, mask = cohort
     kw = dict(mask=mask, clinical_schema=TOY_SCHEMA, modalities=MODS, res=8, progress=False)

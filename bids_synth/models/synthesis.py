@@ -264,6 +264,9 @@ class DiffusionImputer:
         for t in targets:
             # (K, C, X, Y, Z)
             imgs = net.decode(z0[:, lsl[t]], spec.channel_slices()[t]).float().cpu().numpy()
+            if not np.isfinite(imgs).all():
+                raise ModelError(f'{where}: the model produced non-finite values for {t} '
+                                 '(a diverged or corrupted model?)')
             mean = imgs.mean(axis=0).astype(np.float32)
             std = imgs.std(axis=0).astype(np.float32) if num_samples > 1 else None
             out[t] = Prediction(mean=mean, std=std, extra=dict(extra_common))

@@ -30,6 +30,7 @@ class TrainConfig:
     val_fraction : fraction of subjects held out.
     val_max_sessions : at most this many validation sessions are sampled for the report.
     checkpoint_every : steps between resumable training-state checkpoints.
+    grad_clip : maximum gradient norm (``clip_grad_norm_``) in every stage.
     threads : torch threads on CPU (0: leave torch's default).
     """
 
@@ -50,6 +51,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     val_max_sessions: int = 2
     checkpoint_every: int = 50
+    grad_clip: float = 1.0
     threads: int = 2
 
     def to_dict(self) -> dict:

@@ -55,6 +55,8 @@ DEFAULT_RES = 4
 
 LOG = logging.getLogger('bids_synth.training.diffusion')
 STAGES = ('ae', 'ssl', 'dm')
+#: consecutive non-finite training steps that stop a run
+MAX_BAD_STEPS = 10
 
 
 def _load_base(init_from: str | Path, spec: ModelSpec) -> DiffusionImputer:
@@ -181,6 +183,8 @@ def train_diffusion(
     bar = tqdm(total=sum(steps.values()), initial=done + meta['step'], unit='step',
                disable=not (progress and sys.stderr.isatty()), desc='train')
 
+    bad: dict[str, int] = {}
+
     def run(stage: str, params: list, lr: float, step_fn: Callable[[], torch.Tensor]) -> None:
         nonlocal state
         if STAGES.index(meta['stage']) > STAGES.index(stage):
@@ -201,10 +205,26 @@ def train_diffusion(
             loss = step_fn()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            losses.append(round(float(loss.detach()), 6))
+            # gradient-norm clipping, and no update from a non-finite loss or gradient: a
+            # diverging step is skipped; MAX_BAD_STEPS in a row stop the run with a clear error
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not (torch.isfinite(loss.detach()) and torch.isfinite(norm)):
+                bad[stage] = bad.get(stage, 0) + 1
+                skipped = meta.setdefault('skipped', {})
+                skipped[stage] = skipped.get(stage, 0) + 1
+                LOG.warning('training %s step %d: non-finite loss or gradient, step skipped',
+                            stage, step)
+                if bad[stage] >= MAX_BAD_STEPS:
+                    raise ModelError(f'training diverged: {MAX_BAD_STEPS} non-finite steps in a '
+                                     f'row in stage {stage!r} (step {step}); lower the '
+                                     'learning rate or check the input images')
+            else:
+                bad[stage] = 0
+                opt.step()
+                losses.append(round(float(loss.detach()), 6))
             bar.update(1)
-            bar.set_postfix(loss=f'{losses[-1]:.4f}')
+            if losses:
+                bar.set_postfix(loss=f'{losses[-1]:.4f}')
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps[stage]:
                 meta['seconds'][stage] = meta['seconds'].get(stage, 0.0) + time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -311,6 +331,7 @@ def train_diffusion(
                       'train_subjects': train_subj, 'val_subjects': val_subj,
                       'val_sessions_scored': [f'{s.subject}/{s.session}' for s in val]},
             'config': cfg.to_dict(), 'seed': seed, 'losses': losses,
+            'skipped_steps': meta.get('skipped', {}),
             'seconds': {k: round(v, 1) for k, v in meta['seconds'].items()},
             'device': device if device != 'cpu' else f'cpu ({torch.get_num_threads()} threads)',
             'host': platform.machine(), 'torch': torch.__version__,
