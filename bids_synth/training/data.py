@@ -58,7 +58,7 @@ def channel_scales(cohort: Cohort, spec: ModelSpec, mask: np.ndarray,
         rows = cohort.present[:, j]
         for c in range(sl.start, sl.stop):
             v = cohort.images[rows, c][:, m].abs().flatten()
-            if v.numel() > 2_000_000:  # torch.quantile's input limit; a regular subsample
+            if v.numel() > 2_000_000:  # a regular subsample keeps torch.quantile quick
                 v = v[::v.numel() // 1_000_000 + 1]
             val = float(torch.quantile(v, q)) if v.numel() else 1.0
             out.append(val if val > 1e-8 else 1.0)
