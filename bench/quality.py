@@ -35,6 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 HELDOUT_SEED = 9090
+#: the dedicated single-pair model of ``--pair``: (input, target)
+PAIR = ('T1w', 'FDG')
 
 
 def _conform_cohort(bids_dir: Path, work: Path, res: int):
@@ -232,23 +234,24 @@ def main(argv=None) -> int:
         if not (train_bids / 'dataset_description.json').is_file():
             generate_cohort(train_bids, ground_truth=work / 'train' / 'gt', **RECIPE['phantom'])
         train = _conform_cohort(train_bids, work / 'train' / 'conformed', res)
-        pair_dir = work / 'pair_T1w_FDG'
+        src, dst = PAIR
+        pair_dir = work / f'pair_{src}_{dst}'
         if not (pair_dir / 'model_card.json').is_file():
-            fit_model(train, method='diffusion', modalities=('T1w', 'FDG'),
+            fit_model(train, method='diffusion', modalities=PAIR,
                       clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
                       res=res, seed=RECIPE['seed'])
         pair_model = DiffusionImputer.load(pair_dir)
+        pair = {'target': dst, 'inputs': src}
         try:
             pair_res = _evaluate(lambda s, t: pair_model.predict(
                 s, (t,), seed=0, num_samples=args.num_samples, steps=args.steps)[t].mean,
-                                 held, mask, ('FDG',), lambda t: [('T1w',)])
+                                 held, mask, (dst,), lambda t: [(src,)])
         except ModelError as exc:  # e.g. a diverged training: no figure, the reason instead
-            pair = {'target': 'FDG', 'inputs': 'T1w', 'error': str(exc)}
+            pair['error'] = str(exc)
         else:
-            anysub = results['diffusion']['FDG']['T1w']
-            pair = {'target': 'FDG', 'inputs': 'T1w', 'pair_model': pair_res['FDG']['T1w'],
-                    'any_subset_model': anysub,
-                    'psnr_given_up_db': pair_res['FDG']['T1w']['psnr'] - anysub['psnr']}
+            anysub = results['diffusion'][dst][src]
+            pair.update(pair_model=pair_res[dst][src], any_subset_model=anysub,
+                        psnr_given_up_db=pair_res[dst][src]['psnr'] - anysub['psnr'])
 
     summary = {}
     for t in modalities:

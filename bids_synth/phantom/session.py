@@ -165,11 +165,9 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean
         coords = template_coords(grid, pose, deform, aff)
         img = sample(mri.contrast_map(mod, tis, age=visit.age, rng=rng, res=1 if one_mm else 2),
                      coords)
-        bias = mri.bias_field(rng, grid.shape)
-        if not clean:
-            img *= bias
-        noisy = mri.rician(rng, img, 25.0)
-        img = img if clean else noisy
+        if not clean:  # the last draws of this modality: skipping them changes nothing else
+            img *= mri.bias_field(rng, grid.shape)
+            img = mri.rician(rng, img, 25.0)
         return {'.nii.gz': _nifti_bytes(img, grid.affine), '.json': _json(mri.anat_sidecar(mod))}
     coords = template_coords(grid, pose, deform, tpl.affine2)
     if fam == 'pet':
@@ -205,9 +203,9 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean
     bvals, dirs = dwim.gradient_table(res['dwi_b0'], res['dwi_dirs'])
     d = dwim.diffusivities(visit.age, visit.severity)
     sig = dwim.dwi_signal(frac, dyad, pose.rotation, bvals, dirs, d)
-    sig *= bias[..., None]
-    noisy = mri.rician(rng, sig, 12.0)
-    sig = sig if clean else noisy
+    if not clean:  # the last draws of this modality
+        sig *= bias[..., None]
+        sig = mri.rician(rng, sig, 12.0)
     bvec = dwim.fsl_bvecs(dirs, grid.affine)
     bvec_txt = '\n'.join(' '.join(f'{v:.6f}' for v in row) for row in bvec) + '\n'
     bval_txt = ' '.join(str(int(b)) for b in bvals) + '\n'
