@@ -42,7 +42,8 @@ def _stage_times(cohort, model_dir, res, tmp: Path) -> list[dict]:
     from bids_synth.bids.clinical import load_clinical
     from bids_synth.bids.layout import collect_sessions, load_layout
     from bids_synth.interfaces.derivatives import write_synth_outputs
-    from bids_synth.models.imputer import SessionArrays, load_imputer
+    from bids_synth.models.imputer import SessionArrays
+    from bids_synth.models.loading import load_imputer
     from bids_synth.preprocessing.conform import conform, save_conformed, to_native
     from bids_synth.preprocessing.templates import load_template
 

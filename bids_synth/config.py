@@ -70,7 +70,10 @@ class Workflow:
     """Model directory (``--model``); empty: the group-level model in the output, else the
     embedded default."""
     device: str = 'auto'
-    num_samples: int = 1
+    num_samples: int = 0
+    """Samples per synthesized image (0: the model card's default; the regression has one)."""
+    write_samples: bool = False
+    """Also write each sample (``desc-synthsample<i>``), not only their mean and std."""
     steps: int = 0
     """Sampler steps (0: the model card's default)."""
     sampler: str = ''

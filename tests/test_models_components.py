@@ -1,4 +1,4 @@
-"""Diffusion-model parts: spec, autoencoder, frequency, fusion, clinical, consistency, sampler."""
+"""Diffusion-model parts: spec, wavelet, frequency, fusion, clinical, consistency, networks, sampler."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from bids_synth.models.autoencoder import build_autoencoder, decode_channels, encode_channels
 from bids_synth.models.conditioning import ClinicalEncoder, clinical_batch, validate_schema
 from bids_synth.models.config import ModelSpec
 from bids_synth.models.consistency import BiomarkerLoss
-from bids_synth.models.denoiser import Denoiser
-from bids_synth.models.frequency import highpass_features, latent_frequency_features
+from bids_synth.models.frequency import highpass_features, pooled_frequency_features
 from bids_synth.models.fusion import AdaptiveFusion, masked_consistency_loss
+from bids_synth.models.mean_network import MeanNetwork
+from bids_synth.models.residual_flow import ResidualFlow
 from bids_synth.models.sampler import sample
+from bids_synth.models.wavelet import SUBBAND_NAMES, dwt3, idwt3
 from bids_synth.preprocessing.templates import model_grid
 from bids_synth.training.toy import TOY_SCHEMA
 
-TINY = dict(ae_channels=(4, 4, 4), ae_latent_channels=1, unet_channels=(8, 8),
-            unet_attention=(False, True), num_head_channels=8, context_dim=8, fusion_dim=4,
+TINY = dict(mean_channels=(8, 8), mean_attention=(False, True), flow_channels=(8, 8),
+            flow_attention=(False, False), num_head_channels=8, context_dim=8, fusion_dim=4,
             norm_num_groups=4)
 
 
@@ -30,8 +31,8 @@ def spec(**kw) -> ModelSpec:
 def test_spec_checks_and_round_trip():
     s = spec()
     assert ModelSpec.from_dict(s.to_dict()) == s
-    assert s.latent_slices()['bold'] == slice(2, 8)
-    with pytest.raises(ValueError, match='divisible'):
+    assert s.coef_slices()['bold'] == slice(16, 64) and s.coef_shape == (12, 14, 12)
+    with pytest.raises(ValueError, match='even'):
         spec(shape=(25, 28, 24))
     with pytest.raises(ValueError, match='sampler'):
         spec(sampler='euler')
@@ -39,40 +40,41 @@ def test_spec_checks_and_round_trip():
         spec(channel_scale=(1.0, 2.0))  # 8 channels
     with pytest.raises(ValueError, match='channel_scale'):
         spec(channel_scale=(1.0,) * 7 + (0.0,))
-    assert spec().channel_scales() == (1.0,) * 8
+    with pytest.raises(ValueError, match='residual_scale'):
+        spec(residual_scale=(1.0,) * 8)  # one per coefficient channel: 64
+    assert spec().channel_scales() == (1.0,) * 8 and len(spec().residual_scales()) == 64
 
 
-def test_channel_scale_brings_every_channel_to_the_autoencoder_on_one_scale():
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_wavelet_round_trip_is_exact_and_subbands_mean_what_they_say(dtype):
+    x = torch.randn(2, 3, 24, 28, 24, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    w = dwt3(x)
+    assert w.shape == (2, 24, 12, 14, 12)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert float((idwt3(w) - x).abs().max()) < tol
+    # a constant image has only an approximation (LLL) coefficient, 2^(3/2) times the value
+    c = dwt3(torch.full((1, 1, 4, 4, 4), 2.0, dtype=dtype))
+    assert SUBBAND_NAMES[0] == 'LLL'
+    torch.testing.assert_close(c[0, 0], torch.full((2, 2, 2), 2.0 * 8 ** 0.5, dtype=dtype))
+    assert float(c[0, 1:].abs().max()) < tol
+    # a pattern alternating along z lives in the LLH band only
+    z = torch.tensor([1.0, -1.0] * 2, dtype=dtype).expand(1, 1, 4, 4, 4)
+    cz = dwt3(z.contiguous())
+    assert float(cz[0, [k for k in range(8) if k != 1]].abs().max()) < tol
+    with pytest.raises(ValueError, match='even'):
+        dwt3(torch.zeros(1, 1, 3, 4, 4))
+
+
+def test_channel_scale_divides_before_the_transform():
     from bids_synth.models.synthesis import SynthesisNet
 
     scales = (1.0, 2.0, 0.5, 0.01, 0.02, 0.03, 0.04, 3.0)
-    torch.manual_seed(0)
-    plain = SynthesisNet(spec(), {}).eval()
-    scaled = SynthesisNet(spec(channel_scale=scales), {}).eval()
-    scaled.load_state_dict(plain.state_dict())
+    plain = SynthesisNet(spec(), {})
+    scaled = SynthesisNet(spec(channel_scale=scales), {})
     s = torch.tensor(scales)[None, :, None, None, None]
     x = torch.rand(1, 8, 24, 28, 24)
-    with torch.no_grad():
-        # the scaled net sees x * scale exactly as the plain net sees x
-        assert torch.allclose(scaled.encode(x * s), plain.encode(x), atol=1e-6)
-        z = plain.encode(x)
-        assert torch.allclose(scaled.decode(z), plain.decode(z) * s, atol=1e-6)
-        # one modality's channels: its own scales (bold is channels 2..7)
-        bold = slice(2, 8)
-        zb = plain.encode(x[:, bold], bold)
-        assert torch.allclose(scaled.encode(x[:, bold] * s[:, bold], bold), zb, atol=1e-6)
-        assert torch.allclose(scaled.decode(zb, bold), plain.decode(zb, bold) * s[:, bold],
-                              atol=1e-6)
-
-
-def test_autoencoder_channelwise_shapes():
-    s = spec()
-    ae = build_autoencoder(s)
-    x = torch.rand(2, 8, 24, 28, 24)
-    with torch.no_grad():
-        z = encode_channels(ae, x)
-        y = decode_channels(ae, z, s.ae_latent_channels)
-    assert z.shape == (2, 8, 6, 7, 6) and y.shape == x.shape
+    torch.testing.assert_close(scaled.to_coefs(x * s), plain.to_coefs(x))
+    torch.testing.assert_close(scaled.to_images(plain.to_coefs(x)), x * s)
 
 
 def test_highpass_features_keep_fine_detail_and_equalize():
@@ -87,17 +89,17 @@ def test_highpass_features_keep_fine_detail_and_equalize():
     assert float(f.mean()) == pytest.approx(0.5, abs=1e-3)  # equalized: uniform ranks
     # the fine checkerboard half ranks above the smooth half, whose low frequency is removed
     assert float(f[..., 9:15].mean()) > 0.7 > 0.3 > float(f[..., 1:7].mean())
-    assert latent_frequency_features(x, 4).shape == (1, 1, 4, 4, 4)
+    assert pooled_frequency_features(x, 4).shape == (1, 1, 4, 4, 4)
 
 
 def test_fusion_weights_follow_availability():
     torch.manual_seed(0)
     s = spec()
     fusion = AdaptiveFusion(s)
-    lat = torch.randn(3, s.latent_channels_total, 6, 7, 6)
+    coefs = torch.randn(3, s.coef_channels_total, 6, 7, 6)
     freq = torch.rand(3, s.total_channels, 6, 7, 6)
     avail = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
-    out = fusion(lat, freq, avail)
+    out = fusion(coefs, freq, avail)
     w = out['weights']
     assert w.shape == (3, 4)
     torch.testing.assert_close(w.sum(1), torch.ones(3))
@@ -105,12 +107,30 @@ def test_fusion_weights_follow_availability():
     assert float(w[0, 1]) == 0 and bool((w[1, :3] == 0).all()) and float(w[1, 3]) == 1
     assert out['fused'].shape == (3, s.fusion_dim, 6, 7, 6)
     # the missing modality's data cannot leak into the output
-    lat2 = lat.clone()
-    lat2[0, s.latent_slices()['FDG']] += 100
-    torch.testing.assert_close(fusion(lat2, freq, avail)['fused'][0], out['fused'][0])
-    loss = masked_consistency_loss(fusion, lat, freq, avail | True, avail)
-    loss.backward()
-    assert loss.item() >= 0 and fusion.query.grad is not None
+    coefs2 = coefs.clone()
+    coefs2[0, s.coef_slices()['FDG']] += 100
+    torch.testing.assert_close(fusion(coefs2, freq, avail)['fused'][0], out['fused'][0])
+
+
+def test_masked_pretraining_loss_is_zero_for_the_full_set_and_trainable():
+    torch.manual_seed(0)
+    s = spec()
+    fusion = AdaptiveFusion(s)
+    coefs = torch.randn(4, s.coef_channels_total, 6, 7, 6)
+    freq = torch.rand(4, s.total_channels, 6, 7, 6)
+    present = torch.ones(4, 3, dtype=torch.bool)
+    masked = torch.tensor([[True, False, False], [False, True, False], [False, False, True],
+                           [True, True, False]])
+    assert masked_consistency_loss(fusion, coefs, freq, present, present).item() < 1e-6
+    opt = torch.optim.Adam(fusion.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = masked_consistency_loss(fusion, coefs, freq, present, masked)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 1e-3 and losses[-1] < 0.5 * losses[0]
 
 
 def test_clinical_tokens_missing_and_dropout():
@@ -144,13 +164,26 @@ def test_biomarker_loss():
     assert loss.biomarkers(x).shape == (2, 3, 3)
 
 
-def test_denoiser_shapes_with_padding():
+def test_mean_network_starts_at_the_base_and_flow_shapes():
+    torch.manual_seed(0)
     s = spec()
-    den = Denoiser(s)
-    z = torch.randn(2, s.latent_channels_total, 6, 7, 6)
-    cond = den.condition(z, torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 4, 6, 7, 6))
-    out = den(z, torch.tensor([10.0, 900.0]), cond, torch.randn(2, 5, 8))
-    assert out.shape == z.shape
+    net = MeanNetwork(s, TOY_SCHEMA)
+    w = s.coef_channels_total
+    coefs, base = torch.randn(2, w, 12, 14, 12), torch.randn(2, w, 12, 14, 12)
+    avail = torch.tensor([[True, False, True], [True, True, False]])
+    clin = clinical_batch([{'age': 70}, {}], TOY_SCHEMA)
+    mean, fus = net(coefs, base, torch.rand(2, 8, 12, 14, 12), avail, clin)
+    torch.testing.assert_close(mean, base)  # zero-initialized output: the ridge, exactly
+    assert fus['weights'].shape == (2, 4)
+    flow = ResidualFlow(s)
+    cond = flow.condition(mean, coefs, avail)
+    assert cond.shape == (2, 2 * w + 3, 12, 14, 12)
+    out = flow(torch.randn(2, w, 12, 14, 12), torch.tensor([10.0, 900.0]), cond)
+    assert out.shape == (2, w, 12, 14, 12)
+    # padding: an odd coefficient grid (7) goes through the 2-level UNets and back
+    odd = torch.randn(1, w, 6, 7, 6)
+    assert net(odd, odd, torch.rand(1, 8, 6, 7, 6), avail[:1], clin.index(slice(0, 1)))[0].shape \
+        == odd.shape
 
 
 @pytest.mark.parametrize('sampler', ['rflow', 'ddim'])

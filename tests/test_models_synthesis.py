@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bids_synth.errors import ModelError
-from bids_synth.models.imputer import Imputer, SessionArrays, load_imputer
+from bids_synth.models.imputer import Imputer, SessionArrays
+from bids_synth.models.loading import load_imputer
 from bids_synth.models.synthesis import DiffusionImputer
 from bids_synth.training.diffusion import train_diffusion
 from bids_synth.training.toy import TOY_SCHEMA, toy_cohort
@@ -46,8 +47,9 @@ def test_protocol_and_card(trained):
         for pattern, m in patterns.items():
             assert target not in pattern.split('+')
             assert {'psnr', 'ssim', 'mae', 'n'} <= set(m)
-    assert set(card['validation']['autoencoder_psnr']) == set(MODS)
-    assert card['sampler']['default'] in ('rflow', 'ddim')
+    assert set(card['validation']['ridge']['per_target']) == set(card['validation']['per_target'])
+    assert card['sampler']['default'] in ('rflow', 'ddim') and card['sampler']['num_samples'] == 2
+    assert card['ridge']['method'] == 'regression' and card['ridge']['modalities'] == list(MODS)
 
 
 @pytest.mark.parametrize('available', SUBSETS, ids=lambda s: '+'.join(s) or 'none')
@@ -77,12 +79,49 @@ def test_same_seed_same_image(trained):
     a, b = DiffusionImputer.load(path), DiffusionImputer.load(path)
     s = SessionArrays('x', None, {'T1w': sessions[1].images['T1w']}, {})
     for sampler in ('rflow', 'ddim'):
-        p1 = a.predict(s, ('FDG',), seed=7, sampler=sampler)['FDG']
-        p2 = b.predict(s, ('FDG',), seed=7, sampler=sampler)['FDG']
-        p3 = a.predict(s, ('FDG',), seed=8, sampler=sampler)['FDG']
+        p1 = a.predict(s, ('FDG',), seed=7, sampler=sampler, num_samples=1)['FDG']
+        p2 = b.predict(s, ('FDG',), seed=7, sampler=sampler, num_samples=1)['FDG']
+        p3 = a.predict(s, ('FDG',), seed=8, sampler=sampler, num_samples=1)['FDG']
         np.testing.assert_array_equal(p1.mean, p2.mean)
         assert p1.std is None
         assert not np.array_equal(p1.mean, p3.mean)
+
+
+def test_samples_mean_and_the_mean_network_alone(trained):
+    path, sessions, mask = trained
+    model = DiffusionImputer.load(path)
+    s = SessionArrays('x', None, {'T1w': sessions[1].images['T1w']}, {})
+    p = model.predict(s, ('FDG', 'bold'), seed=1, num_samples=3, return_samples=True)
+    for t in ('FDG', 'bold'):
+        assert p[t].samples.shape == (3, *sessions[1].images[t].shape)
+        np.testing.assert_allclose(p[t].samples.mean(0), p[t].mean, atol=1e-5)
+        np.testing.assert_allclose(p[t].samples.std(0), p[t].std, atol=1e-5)
+        assert float(np.abs(p[t].samples[:, :, ~mask]).max()) == 0  # nothing outside the brain
+    only = model.predict(s, ('FDG',), num_samples=0)['FDG']
+    assert only.std is None and only.samples is None and only.extra['num_samples'] == 0
+    np.testing.assert_array_equal(only.mean, model.predict(s, ('FDG',), num_samples=0,
+                                                            seed=99)['FDG'].mean)
+
+
+def test_clinical_values_and_notes_change_the_prediction(tmp_path):
+    schema = {**TOY_SCHEMA, 'notes': {'type': 'text'}}
+    sessions, mask = toy_cohort(8, 4, MODS, seed=1)
+    for i, s in enumerate(sessions):
+        s.clinical['notes'] = ['memory complaints', 'no complaints'][i % 2]
+    path = train_diffusion(sessions, mask=mask, clinical_schema=schema, out_dir=tmp_path / 'n',
+                           modalities=MODS, res=8, config='tiny', progress=False)
+    model = DiffusionImputer.load(path)
+    s = sessions[0]
+
+    def fdg(**clinical):
+        sess = SessionArrays('x', None, {'T1w': s.images['T1w']}, {**s.clinical, **clinical})
+        return model.predict(sess, ('FDG',), num_samples=0)['FDG'].mean
+
+    ref = fdg()
+    # the ridge ignores notes: any difference comes through the networks' notes token
+    assert not np.array_equal(ref, fdg(notes='severe progressive memory loss, lost in town'))
+    assert not np.array_equal(ref, fdg(age=s.clinical['age'] + 10))
+    np.testing.assert_array_equal(ref, fdg())
 
 
 def test_checkpoint_round_trip(trained, tmp_path):
@@ -123,7 +162,7 @@ def test_tampered_weights_and_card_are_refused(trained, tmp_path):
         DiffusionImputer.load(d)
     d2 = DiffusionImputer.load(path).save(tmp_path / 'badcard')
     card = json.loads((d2 / 'model_card.json').read_text())
-    card['architecture']['unet_channels'] = [16, 16]
+    card['architecture']['mean_channels'] = [16, 16]
     (d2 / 'model_card.json').write_text(json.dumps(card))
     with pytest.raises(ModelError, match='do not match'):
         DiffusionImputer.load(d2)
@@ -136,8 +175,8 @@ def test_tampered_weights_and_card_are_refused(trained, tmp_path):
 def test_non_finite_output_is_a_clear_error(trained, monkeypatch):
     path, sessions, _ = trained
     model = load_imputer(path)
-    monkeypatch.setattr(model.net, 'decode', lambda z, channels=None: torch.full(
-        (z.shape[0], channels.stop - channels.start, *model.spec.shape), float('nan')))
+    monkeypatch.setattr(model.net, 'to_images', lambda c: torch.full(
+        (c.shape[0], model.spec.total_channels, *model.spec.shape), float('nan')))
     with pytest.raises(ModelError, match='non-finite'):
         model.predict(sessions[0], ('FDG',), seed=0)
 

@@ -1,4 +1,4 @@
-"""Training: loss goes down, input masking, subject split, resume after an interruption."""
+"""Training: losses go down, input masking, augmentation, ridge split, resume, fine-tuning."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import torch
 from bids_synth.errors import DataError, ModelError
 from bids_synth.models.conditioning import clinical_batch
 from bids_synth.models.config import ModelSpec
-from bids_synth.models.sampler import rflow_train_pair
-from bids_synth.models.synthesis import DiffusionImputer, SynthesisNet
+from bids_synth.models.synthesis import DiffusionImputer
 from bids_synth.training import diffusion as trainer
 from bids_synth.training.config import PRESETS
-from bids_synth.training.data import (
-    build_cohort, channel_scales, random_inputs, random_patches,
-)
+from bids_synth.training.data import build_cohort, channel_scales, random_inputs
+from bids_synth.training.ridge import cross_fit, fit_ridge
 from bids_synth.training.splits import split_subjects
 from bids_synth.training.toy import TOY_SCHEMA, toy_cohort
 
@@ -36,43 +34,52 @@ def _spec() -> ModelSpec:
                      **PRESETS['tiny'].model)
 
 
-def test_diffusion_steps_reduce_the_loss(cohort):
-    sessions, mask = cohort
-    spec = _spec()
-    torch.manual_seed(0)
-    net = SynthesisNet(spec, TOY_SCHEMA)
-    data = build_cohort(sessions, spec, TOY_SCHEMA)
-    with torch.no_grad():
-        lat, freq = net.encode(data.images), net.frequency(data.images)
-    g = torch.Generator().manual_seed(0)
-    keep = random_inputs(data.present, g)
-    t = torch.tensor([200.0, 500.0, 700.0, 900.0])
-    noise = torch.randn(lat.shape, generator=g)
-    x_t = rflow_train_pair(lat, noise, t)
-    params = [p for n, p in net.named_parameters() if not n.startswith('autoencoder.')]
-    opt = torch.optim.Adam(params, lr=3e-3)
-    losses = []
-    for _ in range(30):
-        cond, ctx, _ = net.conditioning(lat, freq, keep, data.clinical)
-        loss = torch.nn.functional.mse_loss(net.denoiser(x_t, t, cond, ctx), lat)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
-
-
-def test_autoencoder_steps_reduce_the_loss(cohort, tmp_path):
+def test_mean_and_flow_losses_go_down(cohort, tmp_path):
     sessions, mask = cohort
     out = trainer.train_diffusion(
         sessions, mask=mask, clinical_schema=TOY_SCHEMA, out_dir=tmp_path / 'm', modalities=MODS,
-        res=8, config={**TINY, 'ae_steps': 40, 'ae_lr': 3e-3, 'dm_steps': 2, 'ssl_steps': 1},
-        progress=False)
-    losses = json.loads((out / '.train_state' / 'state.json').read_text())['losses']['ae']
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+        res=8, config={**TINY, 'ssl_steps': 1, 'mean_steps': 30, 'flow_steps': 30,
+                       'mean_lr': 3e-3, 'flow_lr': 3e-3, 'augment_prob': 0.0,
+                       'checkpoint_every': 100}, progress=False)
+    losses = json.loads((out / '.train_state' / 'state.json').read_text())['losses']
+    for stage in ('mean', 'flow'):
+        assert np.mean(losses[stage][-5:]) < 0.8 * np.mean(losses[stage][:5]), stage
     card = DiffusionImputer.load(out).card()
-    assert card['training']['losses']['ae']['steps'] == 40
+    assert card['training']['losses']['mean']['steps'] == 30
+    assert set(card['validation']) >= {'per_target', 'per_pattern', 'ridge'}
+    assert len(card['architecture']['residual_scale']) == 8 * 8
     assert not (out / '.train_state' / 'state.safetensors').exists()
+
+
+def test_ridge_penalty_is_chosen_on_an_inner_split_and_cross_fit_excludes_the_subject(cohort):
+    from bids_synth.preprocessing.templates import model_grid
+
+    sessions, mask = cohort
+    affine = model_grid(8)[0]
+    ridge = fit_ridge(sessions, mask=mask, affine=affine, clinical_schema=TOY_SCHEMA,
+                      modalities=MODS, seed=0)
+    sel = ridge.info['ridge_selection']
+    assert sel['penalty'] == ridge.lam and set(sel['psnr_by_penalty']) == {'1.0', '3.0', '10.0',
+                                                                            '30.0'}
+    assert not set(sel['inner_train_subjects']) & set(sel['inner_val_subjects'])
+    folds = cross_fit(sessions, ridge, mask=mask, affine=affine, folds=2, seed=0)
+    assert len(folds) == len(sessions) and len({id(f) for f in folds}) == 2
+    for s, f in zip(sessions, folds):
+        assert f.info['n_subjects'] < ridge.info['n_subjects']
+        others = {o.subject for o, g in zip(sessions, folds) if g is not f}
+        assert s.subject not in others  # the fold holds every session of its subjects
+
+
+def test_augmentation_changes_inputs_not_targets(cohort):
+    from bids_synth.training.augment import augment_inputs
+
+    sessions, mask = cohort
+    s = sessions[0]
+    rng = np.random.default_rng(0)
+    out = augment_inputs(dict(s.images), mask, rng, 1.0)
+    assert not np.allclose(out['T1w'], s.images['T1w'])
+    np.testing.assert_array_equal(out['bold'], s.images['bold'])  # derived maps are kept
+    assert augment_inputs(dict(s.images), mask, rng, 0.0)['T1w'] is s.images['T1w']
 
 
 def test_random_inputs_are_nonempty_strict_subsets():
@@ -84,17 +91,6 @@ def test_random_inputs_are_nonempty_strict_subsets():
     assert (keep.sum(1)[n > 0] >= 1).all()
     assert (keep.sum(1)[n >= 2] < n[n >= 2]).all()
     assert len({tuple(k.tolist()) for k in keep}) > 10
-
-
-def test_patches_come_from_present_channels(cohort):
-    sessions, mask = cohort
-    spec = _spec()
-    data = build_cohort(sessions, spec, TOY_SCHEMA)
-    data.images[:, spec.channel_slices()['FDG']] = 1e6
-    data.present[:, 1] = False
-    p = random_patches(data.images, data.present, spec, 16, 8, torch.Generator().manual_seed(0),
-                       mask)
-    assert p.shape == (16, 1, 8, 8, 8) and float(p.max()) < 1e3
 
 
 def test_channel_scales_are_robust_maxima_of_present_data(cohort):
@@ -122,7 +118,7 @@ def test_split_is_by_subject():
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(cohort, tmp_path, monkeypatch):
     sessions, mask = cohort
-    cfg = {**TINY, 'ae_steps': 4, 'ssl_steps': 2, 'dm_steps': 6, 'checkpoint_every': 2}
+    cfg = {**TINY, 'ssl_steps': 2, 'mean_steps': 4, 'flow_steps': 6, 'checkpoint_every': 2}
     kw = dict(mask=mask, clinical_schema=TOY_SCHEMA, modalities=MODS, res=8, config=cfg,
               progress=False)
     ref = DiffusionImputer.load(trainer.train_diffusion(sessions, out_dir=tmp_path / 'a', **kw))
@@ -133,14 +129,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(cohort, tmp_path
     def crash(out, net, opt, gen, meta):
         real_save(out, net, opt, gen, meta)
         calls['n'] += 1
-        if meta['stage'] == 'dm' and meta['step'] == 4:
+        if meta['stage'] == 'flow' and meta['step'] == 4:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, 'save_state', crash)
     with pytest.raises(KeyboardInterrupt):
         trainer.train_diffusion(sessions, out_dir=tmp_path / 'b', **kw)
     state = json.loads((tmp_path / 'b' / '.train_state' / 'state.json').read_text())
-    assert (state['stage'], state['step']) == ('dm', 4)
+    assert (state['stage'], state['step']) == ('flow', 4)
     monkeypatch.setattr(trainer, 'save_state', real_save)
     resumed = DiffusionImputer.load(
         trainer.train_diffusion(sessions, out_dir=tmp_path / 'b', **kw))
@@ -165,49 +161,53 @@ def test_bad_training_inputs(cohort, tmp_path):
 
 def test_non_finite_steps_are_skipped_and_divergence_stops_the_run(cohort, tmp_path,
                                                                    monkeypatch):
-    import bids_synth.models.autoencoder as ae_mod
+    import bids_synth.models.mean_network as mn
 
     sessions, mask = cohort
     kw = dict(mask=mask, clinical_schema=TOY_SCHEMA, modalities=MODS, res=8, progress=False)
-    real = ae_mod.autoencoder_loss
+    real = mn.MeanNetwork.forward
     calls = {'n': 0}
 
-    def one_nan(*a, **k):  # the second autoencoder step diverges once
-        calls['n'] += 1
-        loss, parts = real(*a, **k)
-        return (loss * float('nan') if calls['n'] == 2 else loss), parts
+    def one_nan(self, *a, **k):  # the second training forward of the mean network diverges
+        out, fus = real(self, *a, **k)
+        if self.training:
+            calls['n'] += 1
+            if calls['n'] == 2:
+                out = out * float('nan')
+        return out, fus
 
-    monkeypatch.setattr(ae_mod, 'autoencoder_loss', one_nan)
+    monkeypatch.setattr(mn.MeanNetwork, 'forward', one_nan)
     path = trainer.train_diffusion(sessions, out_dir=tmp_path / 'once',
-                                   config={**TINY, 'ae_steps': 4}, **kw)
+                                   config={**TINY, 'mean_steps': 4, 'flow_steps': 1}, **kw)
     card = DiffusionImputer.load(path).card()
-    assert card['training']['skipped_steps'] == {'ae': 1}
-    assert card['training']['losses']['ae']['steps'] == 3
+    assert card['training']['skipped_steps'] == {'mean': 1}
+    assert card['training']['losses']['mean']['steps'] == 3
     for v in DiffusionImputer.load(path).net.state_dict().values():
         assert torch.isfinite(v).all()
 
-    monkeypatch.setattr(ae_mod, 'autoencoder_loss',
-                        lambda *a, **k: (real(*a, **k)[0] * float('nan'), {}))
+    def always(self, *a, **k):
+        out, fus = real(self, *a, **k)
+        return out * float('nan'), fus
+
+    monkeypatch.setattr(mn.MeanNetwork, 'forward', always)
     with pytest.raises(ModelError, match='diverged'):
         trainer.train_diffusion(sessions, out_dir=tmp_path / 'always',
-                                config={**TINY, 'ae_steps': 12}, **kw)
+                                config={**TINY, 'mean_steps': 12}, **kw)
 
 
-def test_fine_tune_keeps_the_autoencoder(cohort, tmp_path):
+def test_fine_tune_keeps_the_scales_and_starts_from_the_base(cohort, tmp_path):
     sessions, mask = cohort
     kw = dict(mask=mask, clinical_schema=TOY_SCHEMA, modalities=MODS, res=8, progress=False)
     base_dir = trainer.train_diffusion(sessions, out_dir=tmp_path / 'base', config='tiny', **kw)
-    tuned_dir = trainer.train_diffusion(sessions[:3], out_dir=tmp_path / 'tuned',
-                                        config={**TINY, 'dm_steps': 3}, init_from=base_dir, **kw)
+    tuned_dir = trainer.train_diffusion(sessions[:6], out_dir=tmp_path / 'tuned',
+                                        config={**TINY, 'mean_steps': 3, 'flow_steps': 2},
+                                        init_from=base_dir, **kw)
     base, tuned = DiffusionImputer.load(base_dir), DiffusionImputer.load(tuned_dir)
     assert tuned.card()['training']['init_from'] == str(base_dir)
-    assert tuned.spec.scale_factor == base.spec.scale_factor
-    for (k, v), v2 in zip(base.net.autoencoder.state_dict().items(),
-                          tuned.net.autoencoder.state_dict().values()):
-        torch.testing.assert_close(v, v2, msg=k)
-    assert not torch.equal(next(base.net.denoiser.parameters()),
-                           next(tuned.net.denoiser.parameters()))
-    assert set(tuned.card()['training']['losses']) == {'dm'}
+    assert tuned.spec.channel_scale == base.spec.channel_scale
+    assert not torch.equal(next(base.net.mean.unet.parameters()),
+                           next(tuned.net.mean.unet.parameters()))
+    assert set(tuned.card()['training']['losses']) == {'mean', 'flow'}
     with pytest.raises(ModelError, match='cannot fine-tune'):
         trainer.train_diffusion(sessions, out_dir=tmp_path / 'x', config='tiny',
                                 init_from=base_dir, **{**kw, 'modalities': ('T1w', 'FDG')})

@@ -125,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='imputation method (default: the model\'s; diffusion for group)')
     g.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     g.add_argument('--seed', type=int, default=0, help='random seed (sampling, training)')
-    g.add_argument('--num-samples', type=_positive, default=1,
-                   help='samples per image; K > 1 writes the mean and a desc-synthstd image')
+    g.add_argument('--num-samples', type=_positive, default=None,
+                   help='samples per image (default: the model card\'s); K > 1 writes their '
+                   'mean (desc-synth) and std (desc-synthstd); the regression has one')
+    g.add_argument('--write-samples', action='store_true',
+                   help='also write each sample (desc-synthsample<i>, template space): '
+                   'realistic single draws for augmentation')
     g.add_argument('--steps', type=_positive, default=None,
                    help='sampler steps (default: the model card\'s)')
     g.add_argument('--sampler', choices=['ddim', 'rflow'], default=None,
@@ -188,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
         opts['train_steps'] = 0
     if opts.get('steps') is None:
         opts['steps'] = 0
+    if opts.get('num_samples') is None:
+        opts['num_samples'] = 0
     if opts.get('sampler') is None:
         opts['sampler'] = ''
     if opts.get('model') is None:

@@ -198,6 +198,17 @@ def _run_participant(config, inventories, clinical, targets) -> int:
     return _execute(config, wf)
 
 
+def _group_base(wfc) -> tuple[Path | None, dict | None]:
+    """The model ``group --model`` starts from (``default``: the embedded one) and its card."""
+    if not wfc.model:
+        return None, None
+    from ..models.checkpoint import read_card
+    from ..workflows.base import default_model_dir
+
+    path = default_model_dir() if wfc.model == 'default' else Path(wfc.model)
+    return path, read_card(path)
+
+
 def _run_group(config, inventories, clinical) -> int:
     from ..bids.derivatives import write_bidsignore, write_dataset_description
     from ..bids.modalities import DEFAULT_TARGETS
@@ -205,20 +216,30 @@ def _run_group(config, inventories, clinical) -> int:
     from ..workflows.base import init_group_wf
 
     ex, wfc = config.execution, config.workflow
-    method = wfc.method or 'diffusion'
+    init_from, base_card = _group_base(wfc)
+    method = wfc.method or (base_card or {}).get('method') or 'diffusion'
     modalities = tuple(wfc.modalities) or DEFAULT_TARGETS
     res = wfc.res or 2
-    if method == 'diffusion' and not wfc.res:
+    if base_card:
+        res = wfc.res or int(base_card['template']['res'])
+    elif method == 'diffusion' and not wfc.res:
         from ..training.diffusion import DEFAULT_RES
 
         res = DEFAULT_RES
+    if base_card and method != base_card.get('method'):
+        from ..errors import UsageError
+
+        raise UsageError(f'{init_from}: a {base_card.get("method")} model cannot start a '
+                         f'--method {method} fit')
+    if method == 'regression':
+        init_from = None  # a ridge is refitted on this dataset (it has nothing to fine-tune)
     out = Path(ex.output_dir)
     write_dataset_description(out, ex.bids_dir, version=__version__)
     write_bidsignore(out)
     model_dir = out / 'models' / method
     usable = [inv for inv in inventories if inv.available]
     wf = init_group_wf(config, usable, clinical, method=method, modalities=modalities, res=res,
-                       model_dir=model_dir, init_from=wfc.model or None)
+                       model_dir=model_dir, init_from=str(init_from) if init_from else None)
     code = _execute(config, wf)
     if code == 0:
         report = group_report(out, model_dir)

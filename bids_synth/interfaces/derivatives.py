@@ -29,6 +29,7 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
     native_file = File(exists=True, mandatory=True, desc='synthesized, native space')
     template_std = File(exists=True, desc='std over samples, template space')
     native_std = File(exists=True, desc='std over samples, native space')
+    template_samples = traits.List(File(exists=True), desc='single samples, template space')
     provenance = File(exists=True, mandatory=True)
     subject = traits.Str(mandatory=True)
     session = traits.Str('', usevalue=True)
@@ -67,6 +68,7 @@ class SynthDerivatives(SimpleInterface):
                 'native': self.inputs.native_file,
                 'template_std': _opt(self.inputs.template_std),
                 'native_std': _opt(self.inputs.native_std),
+                'template_samples': list(self.inputs.template_samples or []),
             },
             provenance=prov,
             source_files=list(self.inputs.source_files),
@@ -162,18 +164,25 @@ def write_synth_outputs(
     }
     record = {'subject': subject, 'session': session, 'target': target, 'files': {},
               'source_files': [p for p in source_files], 'provenance': provenance}
-    for kind in ('template', 'native', 'template_std', 'native_std'):
-        src = images.get(kind)
+    jobs = [(k, images.get(k), 'synthstd' if k.endswith('std') else 'synth')
+            for k in ('template', 'native', 'template_std', 'native_std')]
+    jobs += [(f'template_sample{i}', p, f'synthsample{i}')
+             for i, p in enumerate(images.get('template_samples') or [], start=1)]
+    for kind, src, desc in jobs:
         if not src:
             continue
         space = 'MNI152NLin2009aSym' if kind.startswith('template') else None
-        desc = 'synthstd' if kind.endswith('std') else 'synth'
         img = nib.load(src)
         main, maps = _split_channels(target, img)
         side = dict(base)
         if desc == 'synthstd':
             side['Description'] = (f'Voxelwise standard deviation over the {n_samples} samples '
                                    f'of the synthesized {target} (uncertainty).')
+        elif desc != 'synth':
+            side['Description'] = (f'One sample ({kind[len("template_sample"):]} of '
+                                   f'{n_samples}) of the synthesized {target}: a single draw '
+                                   'with realistic texture, for augmentation; the desc-synth '
+                                   'image (their mean) is the better estimate.')
         if space:
             side['SpatialReference'] = {'URI': f'https://templateflow.org/{space}'}
             side['Resolution'] = {str(res): f'{res} mm isotropic model grid of bids_synth'}

@@ -25,7 +25,8 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     model = traits.Str(mandatory=True, desc='model directory')
     method = traits.Str('', usevalue=True, desc='expected method ("" = the model\'s)')
     seed = traits.Int(0, usevalue=True)
-    num_samples = traits.Int(1, usevalue=True)
+    num_samples = traits.Int(0, usevalue=True, desc='samples K (0 = the model card default)')
+    write_samples = traits.Bool(False, usevalue=True, desc='also return each sample')
     steps = traits.Int(0, usevalue=True, desc='sampler steps (0 = card default)')
     sampler = traits.Str('', usevalue=True, desc='sampler ("" = card default)')
     device = traits.Enum('auto', 'cpu', 'cuda', usevalue=True)
@@ -38,6 +39,7 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
 class _SynthesizeOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc='synthesized mean, template space (4D channels last)')
     out_std = File(desc='voxelwise std over samples (only when num_samples > 1)')
+    out_samples = traits.List(File(exists=True), desc='each sample (write_samples)')
     provenance = File(exists=True, desc='JSON: how the image was made')
 
 
@@ -48,7 +50,8 @@ class Synthesize(SimpleInterface):
     output_spec = _SynthesizeOutputSpec
 
     def _run_interface(self, runtime):
-        from ..models.imputer import SessionArrays, load_imputer
+        from ..models.imputer import SessionArrays
+        from ..models.loading import load_imputer
         from ..preprocessing.conform import load_conformed
         from ..preprocessing.templates import load_template
         from .provenance import model_provenance, resolve_device
@@ -66,9 +69,10 @@ class Synthesize(SimpleInterface):
             clinical=dict(self.inputs.clinical),
         )
         device = resolve_device(self.inputs.device)
-        kwargs = {'seed': self.inputs.seed, 'num_samples': self.inputs.num_samples,
-                  'device': device}
+        kwargs = {'seed': self.inputs.seed, 'device': device}
         if imputer.method == 'diffusion':
+            kwargs['num_samples'] = self.inputs.num_samples or None
+            kwargs['return_samples'] = bool(self.inputs.write_samples)
             if self.inputs.steps:
                 kwargs['steps'] = self.inputs.steps
             if self.inputs.sampler:
@@ -82,10 +86,16 @@ class Synthesize(SimpleInterface):
             out_std = os.path.join(runtime.cwd, f'{self.inputs.target}_synthstd.nii.gz')
             template.img(pred.std).to_filename(out_std)
             self._results['out_std'] = out_std
+        if pred.samples is not None:
+            self._results['out_samples'] = []
+            for i, smp in enumerate(pred.samples, start=1):
+                f = os.path.join(runtime.cwd, f'{self.inputs.target}_sample{i}.nii.gz')
+                template.img(smp).to_filename(f)
+                self._results['out_samples'].append(f)
         prov = model_provenance(imputer, self.inputs.model)
         prov.update(
             seed=self.inputs.seed,
-            num_samples=self.inputs.num_samples,
+            num_samples=1,
             device=device,
             inputs_used=sorted(images),
             clinical_used={

@@ -148,6 +148,7 @@ class RegressionImputer:
         self.info = info
         self.clin_mean = clin_mean  # (K,) training mean of each clinical feature
         self._index = _channel_index(self.modalities)
+        self._cache: dict = {}
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -260,10 +261,7 @@ class RegressionImputer:
         pred = self.mu[out_idx][:, mask].astype(np.float64)  # (T, V)
         if keep:
             z = np.stack(feats, 1).astype(np.float64)  # (V, d)
-            keep_a = np.asarray(keep)
-            a = self.zz[:, keep_a][:, :, keep_a].astype(np.float64)  # (P, d, d)
-            b = self.zy[:, keep_a][:, :, out_idx].astype(np.float64)  # (P, d, T)
-            beta = _ridge_solve(a, b, self.lam)  # (P, d, T)
+            beta = self._coefficients(tuple(keep), tuple(out_idx))  # (P, d, T)
             pred += np.einsum('vd,vdt->tv', z, beta[lab])
         result = {}
         pos = 0
@@ -274,6 +272,24 @@ class RegressionImputer:
             pos += n_ch
             result[t] = Prediction(mean=vol, std=None, extra={'inputs_used': avail})
         return result
+
+    def _coefficients(self, keep: tuple[int, ...], out_idx: tuple[int, ...]) -> np.ndarray:
+        """Ridge coefficients (P, d, T) of the features ``keep`` for the outputs ``out_idx``.
+
+        Cached per (features, outputs, penalty): the diffusion trainer asks for the same few
+        input patterns thousands of times.
+        """
+        key = (keep, out_idx, float(self.lam))
+        beta = self._cache.get(key)
+        if beta is None:
+            keep_a = np.asarray(keep)
+            a = self.zz[:, keep_a][:, :, keep_a].astype(np.float64)  # (P, d, d)
+            b = self.zy[:, keep_a][:, :, list(out_idx)].astype(np.float64)  # (P, d, T)
+            beta = _ridge_solve(a, b, self.lam)
+            if len(self._cache) >= 512:
+                self._cache.clear()
+            self._cache[key] = beta
+        return beta
 
     # ------------------------------------------------------------------ storage
     def card(self) -> dict:
@@ -296,8 +312,9 @@ class RegressionImputer:
             **({'validation': self.info['validation']} if 'validation' in self.info else {}),
         }
 
-    def save(self, path: str | Path) -> Path:
-        tensors = {
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The arrays that, with :meth:`card` plus ``info``, rebuild the model."""
+        return {
             'mu': self.mu,
             'labels': self.labels,
             'mask': self.mask.astype(np.uint8),
@@ -306,15 +323,22 @@ class RegressionImputer:
             'zy': self.zy,
             'clin_mean': self.clin_mean,
         }
+
+    def save(self, path: str | Path) -> Path:
         card = self.card()
         card['info'] = self.info
-        return save_model(path, tensors, card)
+        return save_model(path, self.tensors(), card)
 
     @classmethod
     def load(cls, path: str | Path) -> RegressionImputer:
         tensors, card = load_model(path)
         if card.get('method') != 'regression':
             raise ModelError(f'{path}: not a regression model')
+        return cls.from_tensors(tensors, card, where=path)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, card: dict, where: object = 'model') -> RegressionImputer:
+        """Rebuild from :meth:`tensors` and a card holding ``info`` (as :meth:`save` writes)."""
         try:
             return cls(
                 card['modalities'], tensors['mask'].astype(bool), tensors['affine'],
@@ -323,4 +347,4 @@ class RegressionImputer:
                 tensors['clin_mean'],
             )
         except KeyError as exc:
-            raise ModelError(f'{path}: regression model lacks {exc}') from None
+            raise ModelError(f'{where}: regression model lacks {exc}') from None

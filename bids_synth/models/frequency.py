@@ -4,7 +4,7 @@ For an image ``x`` the feature is ``HE(|IFFT(H * FFT(x))|)``: the spectrum is hi
 spherical mask ``H`` (frequencies above ``cutoff`` times the Nyquist radius kept), transformed
 back, its magnitude taken and histogram-equalized (rank transform to [0, 1] over the volume). The
 result is an edge/texture map that is comparable across modalities and intensity scales; it is
-average-pooled to the latent grid and fused with the latents in :mod:`.fusion`.
+average-pooled to the wavelet-coefficient grid and fused with the coefficients in :mod:`.fusion`.
 
 >>> x = torch.zeros(1, 1, 8, 8, 8); x[..., 2:6, 2:6, 2:6] = 1
 >>> f = highpass_features(x, cutoff=0.25)
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ['highpass_mask', 'highpass_features', 'latent_frequency_features']
+__all__ = ['highpass_mask', 'highpass_features', 'pooled_frequency_features']
 
 
 def highpass_mask(shape: tuple[int, int, int], cutoff: float, device=None) -> torch.Tensor:
@@ -54,14 +54,14 @@ def highpass_features(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
     return _equalize(mag)
 
 
-def latent_frequency_features(x: torch.Tensor, factor: int, cutoff: float = 0.25) -> torch.Tensor:
-    """Frequency features average-pooled to the latent grid.
+def pooled_frequency_features(x: torch.Tensor, factor: int, cutoff: float = 0.25) -> torch.Tensor:
+    """Frequency features average-pooled to a coarser grid (the wavelet coefficients': 2).
 
     Parameters
     ----------
     x : torch.Tensor, shape (B, C, X, Y, Z)
     factor : int
-        The autoencoder's down-sampling factor.
+        Down-sampling factor.
 
     Returns
     -------

@@ -2,9 +2,9 @@
 
 ACADiff adaptive fusion combined with AMM-Diff image-frequency fusion.
 
-Each modality ``m`` has a small encoder that maps its latent (``C_m * L`` channels) together with
-its high-pass Fourier features (``C_m`` channels, :mod:`.frequency`) to a feature map ``F_m``
-(``fusion_dim`` channels on the latent grid) and a token ``t_m`` (pooled ``F_m`` plus a modality
+Each modality ``m`` has a small encoder that maps its wavelet coefficients (``8 C_m`` channels,
+:mod:`.wavelet`) together with its high-pass Fourier features (``C_m`` channels,
+:mod:`.frequency`) to a feature map ``F_m`` (``fusion_dim`` channels on the coefficient grid) and a token ``t_m`` (pooled ``F_m`` plus a modality
 embedding). A query built from the sample's clinical context attends over the tokens of the
 *available* modalities (plus an always-present null token, so a sample with no image input is
 defined); the attention weights ``w_m`` re-weight the inputs per sample:
@@ -43,7 +43,7 @@ class AdaptiveFusion(nn.Module):
     """Per-modality encoders plus attention re-weighting.
 
     Args:
-        spec: the model spec (modalities, channels, latent channels, fusion and context widths).
+        spec: the model spec (modalities, channels, fusion and context widths).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -52,7 +52,7 @@ class AdaptiveFusion(nn.Module):
         d, f = spec.context_dim, spec.fusion_dim
         self.encoders = nn.ModuleDict()
         for m, c in zip(spec.modalities, spec.channels):
-            cin = c * spec.ae_latent_channels + c
+            cin = c * spec.subbands + c
             self.encoders[m] = nn.Sequential(
                 nn.Conv3d(cin, f, 3, padding=1), nn.GroupNorm(4, f), nn.SiLU(),
                 nn.Conv3d(f, f, 3, padding=1),
@@ -67,25 +67,25 @@ class AdaptiveFusion(nn.Module):
         self.attention = nn.MultiheadAttention(d, num_heads=1, batch_first=True)
         self.to_embedding = nn.Linear(f, d)
 
-    def forward(self, latents: torch.Tensor, freq: torch.Tensor, available: torch.Tensor,
+    def forward(self, coefs: torch.Tensor, freq: torch.Tensor, available: torch.Tensor,
                 context: torch.Tensor | None = None) -> FusionOutput:
         """Fuse the available inputs.
 
         Parameters
         ----------
-        latents : torch.Tensor, shape (B, Z, x, y, z)
-            Scaled latents of all modalities (missing ones are ignored whatever they hold).
+        coefs : torch.Tensor, shape (B, 8 C_total, x, y, z)
+            Wavelet coefficients of all modalities (missing ones are ignored whatever they hold).
         freq : torch.Tensor, shape (B, C_total, x, y, z)
-            Frequency features on the latent grid.
+            Frequency features on the coefficient grid.
         available : torch.Tensor, shape (B, M), bool
         context : torch.Tensor, shape (B, T, context_dim), optional
             Clinical tokens; their mean conditions the attention query.
         """
-        b = latents.shape[0]
-        lsl, csl = self.spec.latent_slices(), self.spec.channel_slices()
+        b = coefs.shape[0]
+        wsl, csl = self.spec.coef_slices(), self.spec.channel_slices()
         maps, tokens = [], []
         for i, m in enumerate(self.spec.modalities):
-            fm = self.encoders[m](torch.cat([latents[:, lsl[m]], freq[:, csl[m]]], dim=1))
+            fm = self.encoders[m](torch.cat([coefs[:, wsl[m]], freq[:, csl[m]]], dim=1))
             av = available[:, i].float().view(b, 1, 1, 1, 1)
             maps.append(fm * av)
             tok = self.to_token(fm.mean(dim=(2, 3, 4))) + self.modality_embedding[i]
@@ -106,7 +106,7 @@ class AdaptiveFusion(nn.Module):
         return FusionOutput(fused=fused, tokens=toks, weights=weights, embedding=emb)
 
 
-def masked_consistency_loss(fusion: AdaptiveFusion, latents: torch.Tensor, freq: torch.Tensor,
+def masked_consistency_loss(fusion: AdaptiveFusion, coefs: torch.Tensor, freq: torch.Tensor,
                             present: torch.Tensor, masked: torch.Tensor,
                             context: torch.Tensor | None = None) -> torch.Tensor:
     """Self-supervised loss of the fusion encoder (AMM-Diff pretraining).
@@ -119,6 +119,6 @@ def masked_consistency_loss(fusion: AdaptiveFusion, latents: torch.Tensor, freq:
         The modalities present in the data, and the random subset kept as inputs.
     """
     with torch.no_grad():
-        target = fusion(latents, freq, present, context)['embedding']
-    pred = fusion(latents, freq, masked, context)['embedding']
+        target = fusion(coefs, freq, present, context)['embedding']
+    pred = fusion(coefs, freq, masked, context)['embedding']
     return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()

@@ -5,17 +5,17 @@ the representation of ``bids.modalities`` (intensity-normalized, channels first)
 
 A method is fitted on complete (or partly complete) sessions and then, for one session, predicts
 every requested target from whatever subset of modalities and clinical values is available.
+This module imports no method: :mod:`.loading` picks the class of a saved model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ['Prediction', 'SessionArrays', 'Imputer', 'load_imputer']
+__all__ = ['Prediction', 'SessionArrays', 'Imputer']
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Prediction:
     mean: np.ndarray
     std: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
+    #: the K individual samples (K, C, X, Y, Z) when asked for (``return_samples``)
+    samples: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -77,30 +79,3 @@ class Imputer(Protocol):
     def card(self) -> dict:
         """The model card (JSON-serializable) as stored beside the weights."""
         ...
-
-
-def load_imputer(path: str | Path, method: str | None = None) -> Imputer:
-    """Load a saved model (safetensors + JSON card) of any method.
-
-    The card's ``method`` field picks the class; ``method`` given by the user must agree.
-    """
-    from .checkpoint import read_card
-
-    path = Path(path)
-    card = read_card(path)
-    kind = card.get('method')
-    if method is not None and method != kind:
-        from ..errors import ModelError
-
-        raise ModelError(f'{path}: model is a {kind!r} model, but --method {method} was asked for')
-    if kind == 'regression':
-        from .baseline import RegressionImputer
-
-        return RegressionImputer.load(path)
-    if kind == 'diffusion':
-        from .synthesis import DiffusionImputer
-
-        return DiffusionImputer.load(path)
-    from ..errors import ModelError
-
-    raise ModelError(f'{path}: unknown model method {kind!r} in the model card')

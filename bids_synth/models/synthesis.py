@@ -1,13 +1,19 @@
-"""The latent-diffusion imputer: networks bundled, saved, loaded and sampled.
+"""The diffusion imputer: ridge base, mean network and residual flow, saved, loaded and sampled.
 
-:class:`SynthesisNet` holds the four trained parts (shared channel-wise ``AutoencoderKL``,
-:class:`~.fusion.AdaptiveFusion`, :class:`~.conditioning.ClinicalEncoder`,
-:class:`~.denoiser.Denoiser`). :class:`DiffusionImputer` fulfils the ``models.imputer.Imputer``
-protocol: ``DiffusionImputer.load(path).predict(session, targets, seed=0, num_samples=1)``.
+One prediction (DESIGN.md 2b):
 
-Inputs of a prediction are the session's modalities that the model knows, minus the targets
-(asking for a present modality predicts it from the others). Output ``mean`` is the mean of
-``num_samples`` samples and ``std`` their voxelwise standard deviation (population, ``ddof=0``).
+1. the ridge of :mod:`.baseline` predicts every missing modality from the inputs;
+2. images become Haar coefficients (:mod:`.wavelet`), each channel divided by its intensity
+   scale;
+3. the mean network (:mod:`.mean_network`) corrects the ridge: the posterior-mean estimate;
+4. the residual flow (:mod:`.residual_flow`) draws K residuals (``num_samples``) with a few
+   rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``;
+5. ``mean`` is the mean network's output plus the mean of the K residuals, ``std`` their
+   standard deviation, ``samples`` each one on request. ``num_samples=0`` skips the flow.
+
+:class:`DiffusionImputer` fulfils the ``models.imputer.Imputer`` protocol. Inputs of a
+prediction are the session's modalities that the model knows, minus the targets (asking for a
+present modality predicts it from the others).
 """
 
 from __future__ import annotations
@@ -20,15 +26,16 @@ import torch
 import torch.nn as nn
 
 from ..errors import DataError, ModelError
-from .autoencoder import build_autoencoder, decode_channels, encode_channels
+from .baseline import RegressionImputer
 from .checkpoint import load_model, save_model
-from .conditioning import ClinicalBatch, ClinicalEncoder, clinical_batch
+from .conditioning import clinical_batch
 from .config import ModelSpec
-from .denoiser import Denoiser
-from .frequency import latent_frequency_features
-from .fusion import AdaptiveFusion, FusionOutput
+from .frequency import pooled_frequency_features
 from .imputer import Prediction, SessionArrays
+from .mean_network import MeanNetwork
+from .residual_flow import ResidualFlow
 from .sampler import SAMPLERS, sample
+from .wavelet import dwt3, idwt3
 
 __all__ = ['SynthesisNet', 'DiffusionImputer', 'stack_images']
 
@@ -65,68 +72,51 @@ def stack_images(images: dict[str, np.ndarray], spec: ModelSpec,
 
 
 class SynthesisNet(nn.Module):
-    """All trained networks of a diffusion model.
+    """The trained networks of a diffusion imputer and the representation around them.
 
     Args:
-        spec: architecture and grid.
+        spec: architecture, grid and scales.
         schema: clinical schema (may be empty).
     """
 
     def __init__(self, spec: ModelSpec, schema: dict) -> None:
         super().__init__()
         self.spec = spec
-        self.autoencoder = build_autoencoder(spec)
-        self.fusion = AdaptiveFusion(spec)
-        self.clinical = ClinicalEncoder(schema, spec.context_dim)
-        self.denoiser = Denoiser(spec)
+        self.mean = MeanNetwork(spec, schema)
+        self.flow = ResidualFlow(spec)
 
-    def _scales(self, channels: slice | None, like: torch.Tensor) -> torch.Tensor:
-        s = torch.tensor(self.spec.channel_scales(), dtype=like.dtype, device=like.device)
-        return s[channels if channels is not None else slice(None)][None, :, None, None, None]
+    @property
+    def schema(self) -> dict:
+        return self.mean.clinical.schema
 
-    def encode(self, images: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
-        """Scaled latents, shape (B, Z, x, y, z), of images (B, C_total, X, Y, Z).
+    def _scales(self, like: torch.Tensor, per_coef: bool = False,
+                residual: bool = False) -> torch.Tensor:
+        vals = self.spec.residual_scales() if residual else self.spec.channel_scales()
+        s = torch.tensor(vals, dtype=like.dtype, device=like.device)
+        if per_coef and not residual:
+            s = s.repeat_interleave(self.spec.subbands)
+        return s[None, :, None, None, None]
 
-        ``channels``: the image channels ``images`` holds (``spec.channel_slices()[m]`` for one
-        modality); all channels by default.
-        """
-        images = images / self._scales(channels, images)
-        return encode_channels(self.autoencoder, images) * self.spec.scale_factor
+    def to_coefs(self, images: torch.Tensor) -> torch.Tensor:
+        """Coefficients (B, 8 C_total, x, y, z) of images (B, C_total, X, Y, Z)."""
+        return dwt3(images / self._scales(images))
 
-    def decode(self, latents: torch.Tensor, channels: slice | None = None) -> torch.Tensor:
-        """Images (B, C, X, Y, Z) of scaled latents (B, C * L, x, y, z).
-
-        ``channels``: the image channels the latents stand for (``spec.channel_slices()[m]``
-        for one modality); all channels by default.
-        """
-        out = decode_channels(self.autoencoder, latents / self.spec.scale_factor,
-                              self.spec.ae_latent_channels)
-        return out * self._scales(channels, out)
+    def to_images(self, coefs: torch.Tensor) -> torch.Tensor:
+        """Images (B, C_total, X, Y, Z) of coefficients (B, 8 C_total, x, y, z)."""
+        out = idwt3(coefs)
+        return out * self._scales(out)
 
     def frequency(self, images: torch.Tensor) -> torch.Tensor:
-        """Frequency features (B, C_total, x, y, z) of images (B, C_total, X, Y, Z)."""
-        return latent_frequency_features(images, self.spec.down_factor, self.spec.freq_cutoff)
+        """Fourier features (B, C_total, x, y, z) of images, on the coefficient grid."""
+        return pooled_frequency_features(images / self._scales(images), 2, self.spec.freq_cutoff)
 
-    def conditioning(self, latents: torch.Tensor, freq: torch.Tensor, available: torch.Tensor,
-                     clinical: ClinicalBatch, drop_prob: float = 0.0,
-                     generator: torch.Generator | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor, FusionOutput]:
-        """Spatial condition, cross-attention context and fusion output of a batch.
-
-        Returns
-        -------
-        condition : torch.Tensor, shape (B, Z + M + fusion_dim, x, y, z)
-        context : torch.Tensor, shape (B, K + 1 + M, context_dim)
-        fusion : FusionOutput
-        """
-        clin = self.clinical(clinical, drop_prob=drop_prob, generator=generator)
-        fus = self.fusion(latents, freq, available, clin)
-        cond = self.denoiser.condition(latents, available, fus['fused'])
-        return cond, torch.cat([clin, fus['tokens']], dim=1), fus
+    def residual_scale(self, like: torch.Tensor) -> torch.Tensor:
+        """Per coefficient channel residual scale, shape (1, 8 C_total, 1, 1, 1)."""
+        return self._scales(like, residual=True)
 
 
 class DiffusionImputer:
-    """Latent-diffusion imputation model (the ``'diffusion'`` method).
+    """Wavelet-space mean network plus residual flow on a ridge base (the ``'diffusion'`` method).
 
     Attributes
     ----------
@@ -135,14 +125,21 @@ class DiffusionImputer:
     modalities : tuple of str
     spec : ModelSpec
     net : SynthesisNet
+    ridge : RegressionImputer
     """
 
     method = 'diffusion'
 
-    def __init__(self, net: SynthesisNet, card: dict | None = None) -> None:
+    def __init__(self, net: SynthesisNet, ridge: RegressionImputer,
+                 card: dict | None = None) -> None:
         self.net = net.eval()
         self.spec = net.spec
+        self.ridge = ridge
         self.modalities = tuple(self.spec.modalities)
+        missing = set(self.modalities) - set(ridge.modalities)
+        if missing:
+            raise ModelError(f'the ridge base lacks {sorted(missing)}')
+        self.mask = np.asarray(ridge.mask, bool)
         self._card = dict(card or {})
 
     # -- files ---------------------------------------------------------------------------------
@@ -155,9 +152,13 @@ class DiffusionImputer:
         try:
             spec = ModelSpec.from_dict(card['architecture'])
             net = SynthesisNet(spec, card.get('clinical_schema') or {})
+            ridge_card = card['ridge']
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f'{path}: model card architecture is invalid ({exc})') from None
-        state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+        ridge = RegressionImputer.from_tensors(
+            {k[6:]: v for k, v in tensors.items() if k.startswith('ridge.')}, ridge_card, path)
+        state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in tensors.items()
+                 if k.startswith('net.')}
         try:
             missing, unexpected = net.load_state_dict(state, strict=False)
         except RuntimeError as exc:
@@ -167,18 +168,22 @@ class DiffusionImputer:
         if missing or unexpected:
             raise ModelError(f'{path}: weights do not match the card architecture '
                              f'(missing {missing[:3]}, unexpected {unexpected[:3]})')
-        return cls(net, card)
+        return cls(net, ridge, card)
 
     def save(self, path: str | Path, card: dict | None = None) -> Path:
-        """Write weights and card (``method``, ``architecture``, ``clinical_schema`` filled in)."""
+        """Write weights and card (``method``, ``architecture``, ``ridge`` filled in)."""
         full = dict(self._card, **(card or {}))
+        ridge_card = self.ridge.card()
+        ridge_card['info'] = self.ridge.info
         full.update(method='diffusion', modalities=list(self.modalities),
                     channels=dict(zip(self.modalities, self.spec.channels)),
-                    architecture=self.spec.to_dict(), clinical_schema=self.net.clinical.schema)
+                    architecture=self.spec.to_dict(), clinical_schema=self.net.schema,
+                    ridge=ridge_card)
         full.setdefault('name', Path(path).name)
         full.setdefault('template', {'name': 'MNI152NLin2009aSym', 'res': self.spec.res,
                                      'shape': list(self.spec.shape)})
-        tensors = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        tensors = {f'net.{k}': v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        tensors.update({f'ridge.{k}': np.asarray(v) for k, v in self.ridge.tensors().items()})
         out = save_model(path, tensors, full)
         self._card = full
         return out
@@ -188,10 +193,27 @@ class DiffusionImputer:
         return dict(self._card)
 
     # -- prediction ----------------------------------------------------------------------------
+    def base(self, inputs: dict[str, np.ndarray], clinical: dict, ridge=None) -> np.ndarray:
+        """Ridge base (C_total, X, Y, Z): the input where available, else the ridge's prediction.
+
+        ``ridge``: another fitted ridge to use (the trainer's cross-fitted ones).
+        """
+        ridge = ridge or self.ridge
+        stacked, present = stack_images(inputs, self.spec)
+        todo = tuple(m for m, p in zip(self.modalities, present) if not p)
+        if todo:
+            sess = SessionArrays('base', None, inputs, clinical)
+            preds = ridge.predict(sess, todo)
+            sl = self.spec.channel_slices()
+            for m in todo:
+                stacked[sl[m]] = preds[m].mean
+        return stacked
+
     @torch.no_grad()
     def predict(self, session: SessionArrays, targets: tuple[str, ...], *, seed: int = 0,
-                num_samples: int = 1, device: str = 'cpu', sampler: str | None = None,
-                steps: int | None = None) -> dict[str, Prediction]:
+                num_samples: int | None = None, device: str = 'cpu', sampler: str | None = None,
+                steps: int | None = None, return_samples: bool = False,
+                ) -> dict[str, Prediction]:
         """Synthesize ``targets`` from the session's other modalities and clinical values.
 
         Parameters
@@ -200,26 +222,31 @@ class DiffusionImputer:
             Images (C, X, Y, Z) on the model grid; unknown modalities are ignored.
         targets : tuple of str
         seed : int
-            Seeds the initial noise (``torch.Generator``); same seed, same output on CPU.
-        num_samples : int
-            K samples; ``std`` is ``None`` when K == 1.
+            Seeds the residual noise (``torch.Generator``); same seed, same output on CPU.
+        num_samples : int, optional
+            K residual samples (the card's default when ``None``); 0: the mean network alone.
+            ``std`` is ``None`` when K < 2.
         device : str
         sampler, steps : optional
             Override the card's sampler defaults.
+        return_samples : bool
+            Also return each sample (``Prediction.samples``, shape (K, C, X, Y, Z)).
 
         Returns
         -------
         dict of str to Prediction
             ``mean`` (C, X, Y, Z) float32, ``std`` or None, ``extra`` with ``fusion_weights``
-            per input modality, ``null_weight``, ``inputs``, ``sampler``, ``steps``, ``seed``.
+            per input modality, ``null_weight``, ``inputs``, ``sampler``, ``steps``, ``seed``,
+            ``num_samples``.
         """
         spec = self.spec
         unknown = [t for t in targets if t not in self.modalities]
         if unknown:
             raise ModelError(f'model {self._card.get("name", "?")!r} cannot synthesize {unknown}; '
                              f'it knows {list(self.modalities)}')
-        if num_samples < 1:
-            raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+        k = spec.num_samples if num_samples is None else int(num_samples)
+        if k < 0:
+            raise ValueError(f'num_samples must be >= 0, got {k}')
         sampler = sampler or spec.sampler
         steps = int(steps or spec.steps)
         if sampler not in SAMPLERS:
@@ -231,43 +258,51 @@ class DiffusionImputer:
         if ignored:
             LOG.info('%s: model does not use %s', where, ', '.join(ignored))
         stacked, present = stack_images(inputs, spec, where)
+        clinical = session.clinical or {}
+        base = self.base(inputs, clinical)
         net = self.net.to(device)
         images = torch.from_numpy(stacked)[None].to(device)
         avail = torch.from_numpy(present)[None].to(device)
-        latents = torch.zeros((1, spec.latent_channels_total, *spec.latent_shape), device=device)
-        for m, sl in spec.latent_slices().items():
-            if m in inputs:
-                csl = spec.channel_slices()[m]
-                latents[:, sl] = net.encode(images[:, csl], csl)
-        freq = net.frequency(images)
-        clin = clinical_batch([session.clinical or {}], net.clinical.schema).to(device)
-        cond, context, fus = net.conditioning(latents, freq, avail, clin)
-        gen = torch.Generator(device='cpu').manual_seed(int(seed))
-        noise = torch.randn((num_samples, spec.latent_channels_total, *spec.latent_shape),
-                            generator=gen).to(device)
-        cond_k = cond.expand(num_samples, *cond.shape[1:])
-        ctx_k = context.expand(num_samples, *context.shape[1:])
-        z0 = sample(lambda x, t: net.denoiser(x, t, cond_k, ctx_k), noise, sampler=sampler,
-                    steps=steps, num_train_timesteps=spec.num_train_timesteps)
+        clin = clinical_batch([clinical], net.schema).to(device)
+        coefs = net.to_coefs(images)
+        mean, fus = net.mean(coefs, net.to_coefs(torch.from_numpy(base)[None].to(device)),
+                             net.frequency(images), avail, clin)
+        if k > 0:
+            cond = net.flow.condition(mean, coefs, avail).expand(k, -1, -1, -1, -1)
+            gen = torch.Generator(device='cpu').manual_seed(int(seed))
+            half = torch.randn(((k + 1) // 2, *mean.shape[1:]), generator=gen)
+            # antithetic pairs (n, -n): each sample is still a draw of its own, but the mean of
+            # the K residuals keeps the flow's estimate of their mean and loses most of the
+            # sampling noise that would otherwise cost 10 log10(1 + 1/K) dB of PSNR
+            noise = torch.cat([half, -half])[:k].to(device)
+            resid = sample(lambda r, t: net.flow(r, t, cond), noise, sampler=sampler,
+                           steps=steps, num_train_timesteps=spec.num_train_timesteps)
+            out_coefs = mean + resid * net.residual_scale(resid)
+        else:
+            out_coefs = mean
+        imgs = (net.to_images(out_coefs).float().cpu().numpy()
+                * self.mask[None, None])  # (K or 1, C_total, X, Y, Z)
+        if not np.isfinite(imgs).all():
+            raise ModelError(f'{where}: the model produced non-finite values '
+                             '(a diverged or corrupted model?)')
         weights = fus['weights'][0].cpu().numpy()
         extra_common = {
             'fusion_weights': {m: float(weights[i]) for i, m in enumerate(self.modalities)
                                if present[i]},
             'null_weight': float(weights[-1]),
             'inputs': [m for i, m in enumerate(self.modalities) if present[i]],
-            'clinical_used': {k: v for k, v in (session.clinical or {}).items()
-                              if k in net.clinical.schema and v is not None},
-            'sampler': sampler, 'steps': steps, 'seed': int(seed), 'num_samples': num_samples,
+            'clinical_used': {c: v for c, v in clinical.items()
+                              if c in net.schema and v is not None},
+            'sampler': sampler if k else None, 'steps': steps if k else 0, 'seed': int(seed),
+            'num_samples': k,
         }
         out = {}
-        lsl = spec.latent_slices()
+        csl = spec.channel_slices()
         for t in targets:
-            # (K, C, X, Y, Z)
-            imgs = net.decode(z0[:, lsl[t]], spec.channel_slices()[t]).float().cpu().numpy()
-            if not np.isfinite(imgs).all():
-                raise ModelError(f'{where}: the model produced non-finite values for {t} '
-                                 '(a diverged or corrupted model?)')
-            mean = imgs.mean(axis=0).astype(np.float32)
-            std = imgs.std(axis=0).astype(np.float32) if num_samples > 1 else None
-            out[t] = Prediction(mean=mean, std=std, extra=dict(extra_common))
+            per = imgs[:, csl[t]]
+            out[t] = Prediction(
+                mean=per.mean(axis=0).astype(np.float32),
+                std=per.std(axis=0).astype(np.float32) if k > 1 else None,
+                extra=dict(extra_common),
+                samples=per.astype(np.float32) if return_samples and k > 0 else None)
         return out

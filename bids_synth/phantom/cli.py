@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--clean', action='store_true',
                    help='render without the acquisition bias fields and noise (an oracle '
                         'reference for benchmarks, not realistic data)')
+    p.add_argument('--shift-contrast', action='store_true',
+                   help='pass the sMRI and PET images through another scanner\'s contrast '
+                        '(random intensity curves, bias fields, noise, blur): a test cohort '
+                        'for models trained on the standard phantom')
     p.add_argument('-v', '--verbose', action='store_true', help='tracebacks on errors')
     return p
 
@@ -86,6 +90,7 @@ def main(argv=None) -> int:
             seed=args.seed, modalities=args.modalities, missing=parse_missing_arg(args.missing),
             resolution=args.resolution, ground_truth=args.ground_truth,
             overwrite=args.overwrite, n_jobs=args.jobs, clean=args.clean,
+            shift_contrast=args.shift_contrast,
         )
     except BIDSSynthError as exc:
         if verbose:

@@ -238,6 +238,7 @@ def generate_cohort(
     overwrite: bool = False,
     n_jobs: int = 1,
     clean: bool = False,
+    shift_contrast: bool = False,
 ) -> PhantomCohort:
     """Generate a phantom BIDS cohort and its complete ground truth.
 
@@ -270,6 +271,10 @@ def generate_cohort(
         Rician noise, PET counting noise, bold thermal noise): the same subjects, anatomy,
         tracer maps and BOLD fluctuations. An oracle reference for benchmarks (the best any
         imputer could do), not realistic data.
+    shift_contrast : bool
+        Pass the sMRI and PET images through another scanner's contrast (random intensity
+        curve, bias field, noise and blur: :mod:`.scanner`), drawn per session and modality from
+        generators of their own, so the cohort is otherwise the same.
 
     Returns
     -------
@@ -330,7 +335,8 @@ def generate_cohort(
             roots = {m: [gt_dir] + ([] if m in miss[(s.label, v.session)] else [bids_dir])
                      for m in mods}
             jobs.append((s, k, dict(seed=seed, sub_index=i, modalities=mods,
-                                    resolution=resolution, roots=roots, clean=clean)))
+                                    resolution=resolution, roots=roots, clean=clean,
+                                    shift_contrast=shift_contrast)))
     try:
         if n_jobs > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs))) as pool:

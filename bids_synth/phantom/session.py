@@ -12,6 +12,7 @@ import numpy as np
 from . import bold as boldm
 from . import dwi as dwim
 from . import mri, pet
+from .scanner import ContrastShift
 from .anatomy import (
     load_template, make_deformation, make_grid, make_pose, sample, template_coords,
 )
@@ -109,13 +110,16 @@ def _json(d: dict) -> str:
 
 
 def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modalities,
-                   resolution: str, roots: dict[str, list[Path]], clean: bool = False) -> dict:
+                   resolution: str, roots: dict[str, list[Path]], clean: bool = False,
+                   shift_contrast: bool = False) -> dict:
     """Generate and write every modality of visit ``k`` of ``subj``.
 
     ``roots[modality]`` lists the dataset roots the modality is written to (the ground truth
     always, the BIDS dataset unless the modality is missing in this session). ``clean``
     renders the same session without the acquisition's bias field and noise (the random draws
-    are made all the same, so everything else is identical). Returns the
+    are made all the same, so everything else is identical). ``shift_contrast`` passes the
+    sMRI and PET images through another scanner's contrast (:mod:`.scanner`, from a generator
+    of its own, so every other draw is unchanged). Returns the
     session's truth: age, severity and, per modality, the affine from native voxels to
     template (MNI) mm without the non-linear warp (``template_from_voxel``).
     """
@@ -151,13 +155,17 @@ def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modaliti
         grid = make_grid(zooms, FOV[fam], axcodes, centre)
         t_aff = deform.linear() @ np.linalg.inv(pose.scanner_from_subject()) @ grid.affine
         truth['template_from_voxel'][mod] = t_aff.round(6).tolist()
-        files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean)
+        shift = (ContrastShift(_rng(seed, sub_index, k, MOD_CODES[mod], 3000))
+                 if shift_contrast and fam in ('anat', 'pet') else None)
+        files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean,
+                        shift)
         for rel_ext, payload in files.items():
             _write(roots[mod], relpath(mod, sub, ses, rel_ext), payload)
     return truth
 
 
-def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean) -> dict:
+def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean,
+            shift=None) -> dict:
     zooms = np.sqrt((grid.affine[:3, :3] ** 2).sum(0))
     if fam == 'anat':
         one_mm = tis.gm is not None and zooms.min() < 1.5
@@ -168,6 +176,8 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean
         if not clean:  # the last draws of this modality: skipping them changes nothing else
             img *= mri.bias_field(rng, grid.shape)
             img = mri.rician(rng, img, 25.0)
+        if shift is not None:
+            img = shift(img)
         return {'.nii.gz': _nifti_bytes(img, grid.affine), '.json': _json(mri.anat_sidecar(mod))}
     coords = template_coords(grid, pose, deform, tpl.affine2)
     if fam == 'pet':
@@ -178,6 +188,8 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean
         fwhm = float(rng.uniform(5.0, 7.0))
         frames = pet.pet_frames(up, mod, zooms=zooms, fwhm_mm=fwhm, dose_factor=dose,
                                 n_frames=n, rng=rng, noise=not clean)
+        if shift is not None:
+            frames = shift(frames)
         tz = f'{int(rng.integers(8, 16)):02d}:{int(rng.integers(0, 60)):02d}:00'
         side = pet.pet_sidecar(mod, n_frames=n, dose_factor=dose, fwhm_mm=fwhm, time_zero=tz)
         return {'.nii.gz': _nifti_bytes(frames, grid.affine), '.json': _json(side)}

@@ -1,8 +1,8 @@
 """Training recipes: a frozen :class:`TrainConfig` and the named presets.
 
-``'default'`` is the recipe of the embedded default model (res-4 grid, small networks; sized to
-finish in about 20 minutes on 2 CPU cores, see docs/model.md for the measured step times);
-``'tiny'`` is for tests (16-voxel patches, a handful of steps).
+``'default'`` is the recipe of the embedded default model (res-4 grid; sized to train, conform
+included, within 60 minutes on 2 CPU cores: docs/model.md has the measured step times);
+``'tiny'`` is for tests (small networks, a handful of steps).
 """
 
 from __future__ import annotations
@@ -20,34 +20,40 @@ class TrainConfig:
     ----------
     model : dict
         Overrides of :class:`~bids_synth.models.config.ModelSpec` fields (architecture,
-        sampler defaults), e.g. ``{'ae_channels': (8, 16, 16)}``.
-    ae_steps, ae_batch, ae_patch, ae_lr : autoencoder stage (random cubic patches).
-    ssl_steps : self-supervised fusion pretraining steps.
-    dm_steps, batch_size, lr : diffusion stage.
+        sampler defaults), e.g. ``{'mean_channels': (16, 32, 64)}``.
+    ssl_steps : self-supervised fusion pretraining steps (AMM-Diff).
+    mean_steps, mean_lr : the mean network (correction of the ridge).
+    flow_steps, flow_lr : the residual flow.
+    batch_size : sessions per step.
+    ridge_folds : folds by subject of the cross-fitted ridge bases.
+    augment_prob : probability that a sample's sMRI/PET inputs get random contrasts.
+    recon_weight : loss weight of the available (input) modalities, against 1 for hidden ones.
+    l1_weight : weight of the L1 term next to the MSE of the mean network.
     clinical_drop : probability of dropping each clinical value during training.
     consistency_weight : weight of the biomarker loss (0 disables it).
-    consistency_every : apply it every this many diffusion steps (decoding costs CPU time).
     val_fraction : fraction of subjects held out.
-    val_max_sessions : at most this many validation sessions are sampled for the report.
+    val_max_sessions : at most this many validation sessions are scored for the card.
     checkpoint_every : steps between resumable training-state checkpoints.
     grad_clip : maximum gradient norm (``clip_grad_norm_``) in every stage.
     threads : torch threads on CPU (0: leave torch's default).
     """
 
     model: dict = field(default_factory=lambda: {
-        'ae_channels': (8, 16), 'ae_latent_channels': 4, 'unet_channels': (32, 64),
-        'unet_attention': (False, True), 'norm_num_groups': 8})
-    ae_steps: int = 2000
-    ae_batch: int = 4
-    ae_patch: int = 24
-    ae_lr: float = 2e-3
+        'mean_channels': (16, 32, 64), 'mean_attention': (False, False, True),
+        'flow_channels': (16, 32), 'flow_attention': (False, False), 'num_head_channels': 16,
+        'norm_num_groups': 8})
     ssl_steps: int = 50
-    dm_steps: int = 600
+    mean_steps: int = 500
+    mean_lr: float = 1e-3
+    flow_steps: int = 250
+    flow_lr: float = 1e-3
     batch_size: int = 2
-    lr: float = 5e-4
+    ridge_folds: int = 4
+    augment_prob: float = 0.5
+    recon_weight: float = 0.25
+    l1_weight: float = 0.5
     clinical_drop: float = 0.3
     consistency_weight: float = 0.1
-    consistency_every: int = 4
     val_fraction: float = 0.2
     val_max_sessions: int = 2
     checkpoint_every: int = 50
@@ -69,11 +75,12 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     'default': TrainConfig(),
     'tiny': TrainConfig(
-        model={'ae_channels': (4, 4, 4), 'ae_latent_channels': 1, 'unet_channels': (8, 8),
-               'unet_attention': (False, True), 'num_head_channels': 8, 'context_dim': 8,
-               'fusion_dim': 4, 'norm_num_groups': 4, 'steps': 2},
-        ae_steps=3, ae_batch=2, ae_patch=16, ssl_steps=2, dm_steps=6, batch_size=2,
-        val_max_sessions=1, checkpoint_every=2, threads=1, consistency_every=1,
+        model={'mean_channels': (8, 8), 'mean_attention': (False, True),
+               'flow_channels': (8, 8), 'flow_attention': (False, False),
+               'num_head_channels': 8, 'context_dim': 8, 'fusion_dim': 4, 'norm_num_groups': 4,
+               'steps': 2, 'num_samples': 2},
+        ssl_steps=2, mean_steps=6, flow_steps=4, batch_size=2, ridge_folds=2,
+        val_max_sessions=1, checkpoint_every=2, threads=1,
     ),
 }
 
@@ -81,10 +88,12 @@ PRESETS: dict[str, TrainConfig] = {
 def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
     """A config from a preset name, a dict of overrides of ``'default'``, or a config.
 
-    In a dict, ``'steps'`` (the CLI's ``--train-steps``) is an alias of ``dm_steps``.
+    In a dict, ``'steps'`` (the CLI's ``--train-steps``) sets the mean-network steps, and the
+    flow gets half as many.
 
-    >>> get_config({'steps': 10}).dm_steps
-    10
+    >>> c = get_config({'steps': 10})
+    >>> c.mean_steps, c.flow_steps
+    (10, 5)
     """
     if config is None:
         return PRESETS['default']
@@ -98,5 +107,7 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
             raise ValueError(msg) from None
     config = dict(config)
     if 'steps' in config:
-        config['dm_steps'] = int(config.pop('steps'))
+        n = int(config.pop('steps'))
+        config.setdefault('mean_steps', n)
+        config.setdefault('flow_steps', max(1, n // 2))
     return TrainConfig.from_dict({**PRESETS['default'].to_dict(), **config})

@@ -1,4 +1,4 @@
-"""Training data: a cohort as tensors, random input masking and autoencoder patches."""
+"""Training data: a cohort as tensors, intensity scales and random input masking."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..models.config import ModelSpec
 from ..models.imputer import SessionArrays
 from ..models.synthesis import stack_images
 
-__all__ = ['Cohort', 'build_cohort', 'channel_scales', 'random_inputs', 'random_patches']
+__all__ = ['Cohort', 'build_cohort', 'channel_scales', 'random_inputs']
 
 
 @dataclass
@@ -98,35 +98,3 @@ def random_inputs(present: torch.Tensor, generator: torch.Generator,
         if n >= 2 and bool((keep[i] == present[i]).all()):
             keep[i, order[i, n - 1]] = False
     return keep
-
-
-def random_patches(images: torch.Tensor, present: torch.Tensor, spec: ModelSpec, n: int,
-                   size: int, generator: torch.Generator,
-                   mask: np.ndarray | None = None) -> torch.Tensor:
-    """Random 1-channel cubic patches from present channels, centred inside the brain box.
-
-    Returns
-    -------
-    torch.Tensor, shape (n, 1, size, size, size)
-    """
-    chans = [(i, c) for i in range(images.shape[0])
-             for j, sl in enumerate(spec.channel_slices().values()) if present[i, j]
-             for c in range(sl.start, sl.stop)]
-    shape = images.shape[2:]
-    if mask is not None and mask.any():
-        idx = np.argwhere(mask)
-        lo, hi = idx.min(0), idx.max(0)
-    else:
-        lo, hi = np.zeros(3, int), np.array(shape) - 1
-    out = torch.empty((n, 1, size, size, size))
-    pick = torch.randint(len(chans), (n,), generator=generator)
-    for k in range(n):
-        i, c = chans[int(pick[k])]
-        start = []
-        for d in range(3):
-            span = int(hi[d] - lo[d]) + 1
-            centre = int(lo[d]) + int(torch.randint(span, (1,), generator=generator))
-            start.append(min(max(centre - size // 2, 0), shape[d] - size))
-        x, y, z = start
-        out[k, 0] = images[i, c, x:x + size, y:y + size, z:z + size]
-    return out

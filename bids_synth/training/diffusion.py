@@ -1,18 +1,26 @@
-"""Training of the latent-diffusion imputer (``bids_synth /data /out group``).
+"""Training of the diffusion imputer (``bids_synth /data /out group``).
 
-Stages, each resumable from ``<out_dir>/.train_state`` (saved every ``checkpoint_every`` steps):
+0. The ridge base: fitted on the training subjects, its penalty chosen on an inner split
+   (:func:`.ridge.fit_ridge`), plus cross-fitted copies (:func:`.ridge.cross_fit`) so that every
+   training session gets a ridge prediction from a model that never saw its subject.
 
-1. ``ae``: the shared channel-wise ``AutoencoderKL`` on random patches (L1 + SSIM + KL);
-   then the latent scale factor (1 / std of the training latents).
-2. ``ssl``: self-supervised pretraining of the fusion encoder (cosine similarity between the
-   fused embedding of a randomly masked input set and that of all present inputs).
-3. ``dm``: end-to-end training of fusion, clinical encoder and denoiser (autoencoder frozen):
-   random subsets of the present modalities are the inputs, the loss is the x0 error on every
-   present modality (adaptive reconstruction) plus the biomarker consistency loss on one hidden
-   modality of one sample per step; clinical values are dropped at random.
+Then three stages, each resumable from ``<out_dir>/.train_state`` (saved every
+``checkpoint_every`` steps):
 
-Then validation on held-out subjects and the model directory (``model.safetensors`` +
-``model_card.json``) in ``out_dir``.
+1. ``ssl``: self-supervised pretraining of the fusion encoder (AMM-Diff: cosine similarity
+   between the fused embedding of a randomly masked input set and that of all present inputs).
+2. ``mean``: the mean network, end to end with fusion and clinical encoder: random non-empty
+   subsets of the present modalities are the inputs, half the samples with random contrasts
+   (:mod:`.augment`), the ridge base is computed from those inputs, and the loss is MSE + L1 of
+   the wavelet coefficients of every present modality (hidden ones weigh 1, inputs
+   ``recon_weight``) plus the biomarker consistency loss on the hidden ones.
+   Then the residual scales (root-mean-square of the mean network's residual per coefficient
+   channel on training batches).
+3. ``flow``: the residual flow (mean network frozen), rectified-flow x0 loss on the scaled
+   residual of the same kind of batches.
+
+Then validation on held-out subjects (the model and its own ridge on the same sessions) and the
+model directory (``model.safetensors`` + ``model_card.json``) in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -39,43 +47,37 @@ from ..models.config import ModelSpec
 from ..models.consistency import BiomarkerLoss
 from ..models.fusion import masked_consistency_loss
 from ..models.imputer import SessionArrays
+from ..models.mean_network import availability_channels
 from ..models.sampler import SAMPLERS, rflow_train_pair
-from ..models.synthesis import DiffusionImputer, SynthesisNet
+from ..models.synthesis import DiffusionImputer, SynthesisNet, stack_images
 from ..preprocessing.templates import TEMPLATE, model_grid
+from .augment import augment_inputs
 from .config import TrainConfig, get_config
-from .data import Cohort, build_cohort, channel_scales, random_inputs, random_patches
+from .data import build_cohort, channel_scales, random_inputs
+from .ridge import cross_fit, fit_ridge
 from .splits import split_subjects
 from .state import clear_state, load_state, restore, save_state
-from .validation import autoencoder_psnr, validate
+from .validation import validate
 
 __all__ = ['train_diffusion', 'DEFAULT_RES']
 
-#: Model-grid resolution (mm) of the default recipe: 48x56x48, trainable on 2 CPU cores.
+#: Model-grid resolution (mm) of the default recipe: 48x56x48 (coefficients 24x28x24).
 DEFAULT_RES = 4
 
 LOG = logging.getLogger('bids_synth.training.diffusion')
-STAGES = ('ae', 'ssl', 'dm')
+STAGES = ('ssl', 'mean', 'flow')
 #: consecutive non-finite training steps that stop a run
 MAX_BAD_STEPS = 10
+#: training batches that estimate the residual scales
+RESIDUAL_BATCHES = 16
 
 
-def _load_base(init_from: str | Path, spec: ModelSpec) -> DiffusionImputer:
+def _load_base(init_from: str | Path, mods: tuple[str, ...], res: int) -> DiffusionImputer:
     base = DiffusionImputer.load(init_from)
-    if base.modalities != spec.modalities or base.spec.res != spec.res:
+    if base.modalities != tuple(mods) or base.spec.res != res:
         raise ModelError(f'{init_from}: cannot fine-tune a model of {list(base.modalities)} at '
-                         f'res {base.spec.res} for {list(spec.modalities)} at res {spec.res}')
+                         f'res {base.spec.res} for {list(mods)} at res {res}')
     return base
-
-
-@torch.no_grad()
-def _encode_cohort(net: SynthesisNet, cohort: Cohort,
-                   device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    lat, freq = [], []
-    for i in range(len(cohort)):
-        x = cohort.images[i:i + 1].to(device)
-        lat.append(net.encode(x).cpu())
-        freq.append(net.frequency(x).cpu())
-    return torch.cat(lat), torch.cat(freq)
 
 
 def train_diffusion(
@@ -91,7 +93,7 @@ def train_diffusion(
     sessions : list of SessionArrays
         Images (C, X, Y, Z) on ``model_grid(res)``; missing modalities absent.
     mask : numpy.ndarray, shape (X, Y, Z), bool
-        Brain mask of the grid (patches, biomarker regions, metrics).
+        Brain mask of the grid (ridge, augmentation scales, biomarker regions, metrics).
     clinical_schema : dict or None
         Per column ``{'type': 'continuous', 'mean', 'std'}``, ``{'type': 'categorical',
         'levels'}`` or ``{'type': 'text'}``.
@@ -106,10 +108,11 @@ def train_diffusion(
     progress : bool
         tqdm progress bar (shown only when stderr is a terminal).
     seed : int
-        Seeds the split, batches, masks and noise (``torch.Generator``).
+        Seeds the split, batches, masks, augmentations and noise.
     init_from : path, optional
-        A model to fine-tune (its architecture and autoencoder are kept; stages ``ae`` and
-        ``ssl`` are skipped).
+        A diffusion model to fine-tune: its architecture and intensity scales are kept, its
+        networks are the starting point, the ridge base is refitted on ``sessions``, and the
+        ``ssl`` stage is skipped.
     device : str, optional
         ``'cpu'``, ``'cuda'``; ``None`` or ``'auto'``: CUDA when available, else CPU.
     """
@@ -120,10 +123,7 @@ def train_diffusion(
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mods = resolve_modalities(modalities)
     affine, shape = model_grid(res)
-    spec = ModelSpec(modalities=mods, channels=tuple(MODALITIES[m].n_channels for m in mods),
-                     res=res, shape=shape, **cfg.model)
     schema = validate_schema(clinical_schema or {})
     mask = np.asarray(mask, bool)
     if mask.shape != tuple(shape):
@@ -132,18 +132,34 @@ def train_diffusion(
         raise DataError('no sessions to train on')
     train_subj, val_subj = split_subjects([s.subject for s in sessions], cfg.val_fraction, seed)
     train = [s for s in sessions if s.subject in set(train_subj)]
+    if not train:
+        raise DataError('no training sessions after the subject split')
+
+    # 0. the ridge base ------------------------------------------------------------------------
+    t_ridge = time.perf_counter()
+    tpl_info = {'name': TEMPLATE, 'res': res, 'shape': list(shape), 'affine': affine.tolist()}
+    ridge = fit_ridge(train, mask=mask, affine=affine, clinical_schema=schema,
+                      modalities=resolve_modalities(modalities), template=tpl_info, seed=seed)
+    mods = tuple(ridge.modalities)  # those with at least two training sessions
+    fold_ridges = cross_fit(train, ridge, mask=mask, affine=affine, folds=cfg.ridge_folds,
+                            seed=seed)
+    ridge_seconds = time.perf_counter() - t_ridge
     val_all = [s for s in sessions if s.subject in set(val_subj)
                and sum(m in s.images for m in mods) >= 2]
-    gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(val_all), generator=torch.Generator().manual_seed(seed + 1))
     val = [val_all[i] for i in sorted(pick[:cfg.val_max_sessions].tolist())]
 
-    steps = dict(zip(STAGES, (cfg.ae_steps, cfg.ssl_steps, cfg.dm_steps)))
+    spec = ModelSpec(modalities=mods, channels=tuple(MODALITIES[m].n_channels for m in mods),
+                     res=res, shape=shape, **cfg.model)
+    steps = dict(zip(STAGES, (cfg.ssl_steps, cfg.mean_steps, cfg.flow_steps)))
     base = None
     if init_from is not None:
-        base = _load_base(init_from, spec)
+        base = _load_base(init_from, mods, res)
         spec = base.spec
-        steps['ae'] = steps['ssl'] = 0
+        steps['ssl'] = 0
+    cohort = build_cohort(train, spec, schema)
+    if base is None:  # a fine-tuned model keeps its base's intensity scales
+        spec = spec.with_(channel_scale=channel_scales(cohort, spec, mask))
     torch.manual_seed(seed)  # network initialization
     net = SynthesisNet(spec, schema).to(device)
     if base is not None:
@@ -156,7 +172,7 @@ def train_diffusion(
         'init_from': sha256_file(Path(init_from) / 'model.safetensors') if init_from else None,
     }, default=str))
     meta: dict = {'stage': STAGES[0], 'step': 0, 'losses': {}, 'seconds': {},
-                  'scale_factor': spec.scale_factor, 'fingerprint': fingerprint}
+                  'fingerprint': fingerprint}
     card_file = out / 'model_card.json'
     record = out / '.train_state' / 'state.json'
     if resume and card_file.is_file() and record.is_file():
@@ -164,30 +180,28 @@ def train_diffusion(
         if old.get('stage') == 'done' and old.get('fingerprint') == fingerprint:
             LOG.info('%s: training already finished with this setup', out)
             return out
+    gen = torch.Generator().manual_seed(seed)
     state = load_state(out) if resume else None
     if state is not None and state[0].get('fingerprint') == fingerprint:
-        meta, tensors = state
-        net.spec = spec = spec.with_(scale_factor=meta['scale_factor'])
+        meta, _ = state
+        if meta.get('residual_scale'):
+            net.spec = spec = spec.with_(residual_scale=tuple(meta['residual_scale']))
         LOG.info('resuming training at stage %s step %d', meta['stage'], meta['step'])
     elif state is not None:
         LOG.warning('%s: ignoring a training state made with another setup', out)
         state = None
-    cohort = build_cohort(train, spec, schema)
-    if not len(cohort):
-        raise DataError('no training sessions after the subject split')
-    if base is None:  # a fine-tuned model keeps its base's intensity scales
-        net.spec = spec = spec.with_(channel_scale=channel_scales(cohort, spec, mask))
+    net.spec = net.mean.spec = net.flow.spec = spec
+    model = DiffusionImputer(net, ridge)
     bio = BiomarkerLoss(affine, shape, mask).to(device)
 
     done = sum(steps[s] for s in STAGES[:STAGES.index(meta['stage'])] if meta['stage'] in STAGES)
     bar = tqdm(total=sum(steps.values()), initial=done + meta['step'], unit='step',
                disable=not (progress and sys.stderr.isatty()), desc='train')
-
     bad: dict[str, int] = {}
 
-    def run(stage: str, params: list, lr: float, step_fn: Callable[[], torch.Tensor]) -> None:
+    def run(stage: str, params: list, lr: float, step_fn: Callable[[int], torch.Tensor]) -> None:
         nonlocal state
-        if STAGES.index(meta['stage']) > STAGES.index(stage):
+        if meta['stage'] == 'done' or STAGES.index(meta['stage']) > STAGES.index(stage):
             return
         opt = torch.optim.Adam(params, lr=lr)
         start = 0
@@ -202,7 +216,7 @@ def train_diffusion(
             for group in opt.param_groups:  # cosine decay to lr/10, a function of the step
                 group['lr'] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps[stage])))
             net.train()
-            loss = step_fn()
+            loss = step_fn(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # gradient-norm clipping, and no update from a non-finite loss or gradient: a
@@ -233,97 +247,128 @@ def train_diffusion(
         nxt = STAGES.index(stage) + 1
         meta.update(stage=STAGES[nxt] if nxt < len(STAGES) else 'done', step=0)
 
-    # 1. autoencoder ------------------------------------------------------------------------
-    from ..models.autoencoder import autoencoder_loss
-
-    ae_images = cohort.images / torch.tensor(spec.channel_scales())[None, :, None, None, None]
-
-    def ae_step() -> torch.Tensor:
-        p = random_patches(ae_images, cohort.present, spec, cfg.ae_batch,
-                           min(cfg.ae_patch, *shape), gen, mask)
-        return autoencoder_loss(net.autoencoder, p.to(device))[0]
-
-    run('ae', list(net.autoencoder.parameters()), cfg.ae_lr, ae_step)
-    net.autoencoder.requires_grad_(False).eval()
-    if state is not None:  # resumed after the ae stage: weights come from the state
-        restore(net, None, gen, meta, state[1])
-    if base is None and meta.get('scale_fixed') is not True:
-        lat, _ = _encode_cohort(net, cohort, device)
-        chan = torch.repeat_interleave(cohort.present.float(), torch.tensor(
-            [c * spec.ae_latent_channels for c in spec.channels]), dim=1).bool()
-        vals = lat.permute(1, 0, 2, 3, 4)[chan.T].flatten() / spec.scale_factor
-        scale = float(1.0 / vals.std().clamp(min=1e-6))
-        net.spec = spec = spec.with_(scale_factor=scale)
-        meta.update(scale_factor=scale, scale_fixed=True)
-    lat, freq = _encode_cohort(net, cohort, device)
     n = len(cohort)
+    reps = torch.tensor([c * spec.subbands for c in spec.channels])
+    wsl = spec.coef_slices()
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(stage: str, step: int) -> dict:
+        """Random sessions, input subsets (contrast-randomized), ridge bases, as tensors."""
         idx = torch.randint(n, (cfg.batch_size,), generator=gen)
         present = cohort.present[idx]
-        return idx, present, random_inputs(present, gen)
-
-    # 2. self-supervised fusion pretraining -------------------------------------------------
-    def ssl_step() -> torch.Tensor:
-        idx, present, keep = batch()
-        ctx = net.clinical(cohort.clinical.index(idx).to(device), cfg.clinical_drop, gen)
-        return masked_consistency_loss(net.fusion, lat[idx].to(device), freq[idx].to(device),
-                                       present.to(device), keep.to(device), ctx)
-
-    run('ssl', list(net.fusion.parameters()) + list(net.clinical.parameters()), cfg.lr, ssl_step)
-
-    # 3. diffusion, end to end --------------------------------------------------------------
-    reps = torch.tensor([c * spec.ae_latent_channels for c in spec.channels])
-    lsl, csl = spec.latent_slices(), spec.channel_slices()
-
-    counter = {'dm': 0}
-
-    def dm_step() -> torch.Tensor:
-        idx, present, keep = batch()
-        z0 = lat[idx].to(device)
-        t = (torch.rand((len(idx),), generator=gen) * spec.num_train_timesteps).clamp(min=1.0)
-        noise = torch.randn(z0.shape, generator=gen).to(device)
-        x_t = rflow_train_pair(z0, noise, t.to(device), spec.num_train_timesteps)
-        cond, ctx, _ = net.conditioning(z0, freq[idx].to(device), keep.to(device),
-                                        cohort.clinical.index(idx).to(device),
-                                        cfg.clinical_drop, gen)
-        x0 = net.denoiser(x_t, t.to(device), cond, ctx)
-        w = torch.repeat_interleave(present.float(), reps, dim=1).to(device)[..., None, None, None]
-        loss = (F.mse_loss(x0, z0, reduction='none') * w).sum() / (w.sum() * x0[0, 0].numel())
+        keep = random_inputs(present, gen)
+        rng = np.random.default_rng([seed, (*STAGES, 'scale').index(stage), step])
+        ins, bases = [], []
+        for i, j in enumerate(idx.tolist()):
+            s = train[j]
+            inputs = {m: s.images[m] for k, m in enumerate(mods) if keep[i, k]}
+            inputs = augment_inputs(inputs, mask, rng, cfg.augment_prob)
+            bases.append(model.base(inputs, s.clinical or {}, ridge=fold_ridges[j]))
+            ins.append(stack_images(inputs, spec)[0])
+        images = torch.from_numpy(np.stack(ins)).to(device)
+        with torch.no_grad():
+            coefs = net.to_coefs(images)
+            base_c = net.to_coefs(torch.from_numpy(np.stack(bases)).to(device))
+            target_c = net.to_coefs(cohort.images[idx].to(device))
+            freq = net.frequency(images)
         hidden = present & ~keep
-        counter['dm'] += 1
-        if (cfg.consistency_weight > 0 and bool(hidden.any())
-                and counter['dm'] % max(cfg.consistency_every, 1) == 0):
-            i, j = (int(v) for v in hidden.nonzero()[int(torch.randint(int(hidden.sum()), (1,),
-                                                                   generator=gen))])
-            m = spec.modalities[j]
-            pred = net.decode(x0[i:i + 1, lsl[m]], csl[m])
-            real = cohort.images[idx[i]:idx[i] + 1, csl[m]].to(device)
-            loss = loss + cfg.consistency_weight * bio(pred, real)
+        weight = hidden.float() + cfg.recon_weight * keep.float()  # (B, M)
+        w = torch.repeat_interleave(weight, reps, dim=1).to(device)[..., None, None, None]
+        return {'idx': idx, 'present': present, 'keep': keep.to(device), 'hidden': hidden,
+                'coefs': coefs, 'base': base_c, 'target': target_c, 'freq': freq, 'w': w,
+                'clinical': cohort.clinical.index(idx).to(device)}
+
+    def weighted(err: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (err * w).sum() / (w.sum().clamp(min=1e-8) * err[0, 0].numel())
+
+    # 1. self-supervised fusion pretraining -------------------------------------------------
+    def ssl_step(step: int) -> torch.Tensor:
+        idx = torch.randint(n, (cfg.batch_size,), generator=gen)
+        present = cohort.present[idx]
+        keep = random_inputs(present, gen)
+        images = cohort.images[idx].to(device)
+        ctx = net.mean.clinical(cohort.clinical.index(idx).to(device), cfg.clinical_drop, gen)
+        return masked_consistency_loss(net.mean.fusion, net.to_coefs(images),
+                                       net.frequency(images), present.to(device),
+                                       keep.to(device), ctx)
+
+    run('ssl', list(net.mean.fusion.parameters()) + list(net.mean.clinical.parameters()),
+        cfg.mean_lr, ssl_step)
+
+    # 2. the mean network ---------------------------------------------------------------------
+    def mean_forward(b: dict, drop: float) -> torch.Tensor:
+        return net.mean(b['coefs'], b['base'], b['freq'], b['keep'], b['clinical'], drop, gen)[0]
+
+    def mean_step(step: int) -> torch.Tensor:
+        b = batch('mean', step)
+        pred = mean_forward(b, cfg.clinical_drop)
+        err = pred - b['target']
+        loss = weighted(err ** 2 + cfg.l1_weight * err.abs(), b['w'])
+        if cfg.consistency_weight > 0 and bool(b['hidden'].any()):
+            chan = torch.repeat_interleave(b['hidden'].float(),
+                                           torch.tensor(spec.channels), dim=1).to(device)
+            loss = loss + cfg.consistency_weight * bio(
+                net.to_images(pred), cohort.images[b['idx']].to(device), chan > 0)
         return loss
 
-    run('dm', [p for n_, p in net.named_parameters() if not n_.startswith('autoencoder.')],
-        cfg.lr, dm_step)
+    run('mean', list(net.mean.parameters()), cfg.mean_lr, mean_step)
+    net.mean.requires_grad_(False).eval()
+    if state is not None:  # resumed after the mean stage: weights come from the state
+        restore(net, None, gen, meta, state[1])
+        state_tensors = state[1]
+    else:
+        state_tensors = None
+    if not meta.get('residual_scale'):
+        sq = torch.zeros(spec.coef_channels_total)
+        cnt = torch.zeros(spec.coef_channels_total)
+        for k in range(RESIDUAL_BATCHES):
+            b = batch('scale', k)
+            with torch.no_grad():
+                r = (mean_forward(b, 0.0) - b['target']).cpu()
+            hid = availability_channels(spec, b['hidden'])
+            sq += (r ** 2).mean(dim=(2, 3, 4)).mul(hid).sum(0)
+            cnt += hid.sum(0)
+        rms = torch.where(cnt > 0, (sq / cnt.clamp(min=1)).sqrt(), torch.ones_like(sq))
+        meta['residual_scale'] = [max(float(v), 1e-4) for v in rms]
+    net.spec = net.mean.spec = net.flow.spec = spec = spec.with_(
+        residual_scale=tuple(meta['residual_scale']))
+    model.spec = spec
+    if state_tensors is not None:
+        state = (meta, state_tensors)
+
+    # 3. the residual flow --------------------------------------------------------------------
+    def flow_step(step: int) -> torch.Tensor:
+        b = batch('flow', step)
+        with torch.no_grad():
+            mean_c = mean_forward(b, cfg.clinical_drop)
+            r0 = (b['target'] - mean_c) / net.residual_scale(mean_c)
+        t = (torch.rand((r0.shape[0],), generator=gen) * spec.num_train_timesteps).clamp(min=1.0)
+        noise = torch.randn(r0.shape, generator=gen).to(device)
+        r_t = rflow_train_pair(r0, noise, t.to(device), spec.num_train_timesteps)
+        pred = net.flow(r_t, t.to(device), net.flow.condition(mean_c, b['coefs'], b['keep']))
+        return weighted(F.mse_loss(pred, r0, reduction='none'), b['w'])
+
+    run('flow', list(net.flow.parameters()), cfg.flow_lr, flow_step)
     bar.close()
 
     # 4. validation and the model directory -------------------------------------------------
     net.eval()
-    model = DiffusionImputer(net)
     t0 = time.perf_counter()
     metrics = validate(model, val, mask, seed=seed)
-    metrics['autoencoder_psnr'] = autoencoder_psnr(model, val or train[:1], mask)
+    metrics['ridge'] = validate(ridge, val, mask, seed=seed)
     metrics['seconds'] = round(time.perf_counter() - t0, 1)
     counts = {m: sum(m in s.images for s in sessions) for m in mods}
     losses = {k: {'first10': float(np.mean(v[:10])), 'last10': float(np.mean(v[-10:])),
                   'steps': len(v)} for k, v in meta['losses'].items() if v}
+    seconds = {k: round(v, 1) for k, v in meta['seconds'].items()}
+    seconds['ridge'] = round(ridge_seconds, 1)
     card = {
         'name': out.name,
-        'description': ('latent diffusion imputer (shared channel-wise AutoencoderKL, '
-                        'DiffusionModelUNet over all modality latents, adaptive fusion, '
-                        'Fourier features, clinical cross-attention)'),
-        'template': {'name': TEMPLATE, 'res': res, 'shape': list(shape),
-                     'affine': affine.tolist()},
-        'sampler': {'default': spec.sampler, 'steps': spec.steps, 'available': list(SAMPLERS)},
+        'description': ('diffusion imputer: ridge base, wavelet-space mean network '
+                        '(DiffusionModelUNet correction with adaptive fusion, Fourier features, '
+                        'clinical and notes cross-attention) and a residual rectified flow'),
+        'template': tpl_info,
+        'sampler': {'default': spec.sampler, 'steps': spec.steps,
+                    'num_samples': spec.num_samples, 'available': list(SAMPLERS)},
         'training': {
             'n_sessions': len(sessions), 'n_subjects': len(set(train_subj) | set(val_subj)),
             'sessions_per_modality': counts,
@@ -331,8 +376,7 @@ def train_diffusion(
                       'train_subjects': train_subj, 'val_subjects': val_subj,
                       'val_sessions_scored': [f'{s.subject}/{s.session}' for s in val]},
             'config': cfg.to_dict(), 'seed': seed, 'losses': losses,
-            'skipped_steps': meta.get('skipped', {}),
-            'seconds': {k: round(v, 1) for k, v in meta['seconds'].items()},
+            'skipped_steps': meta.get('skipped', {}), 'seconds': seconds,
             'device': device if device != 'cpu' else f'cpu ({torch.get_num_threads()} threads)',
             'host': platform.machine(), 'torch': torch.__version__,
             'init_from': str(init_from) if init_from else None,

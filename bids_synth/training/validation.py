@@ -1,6 +1,9 @@
-"""Validation of a diffusion model: metrics per target modality and per missing pattern.
+"""Validation of a model on held-out sessions: metrics per target modality and missing pattern.
 
-For each validation session and each target modality present in it, the target is predicted
+:func:`validate` is the diffusion trainer's report; :func:`validate_imputer` the regression's
+(and the penalty selection's, with ``psnr_only``).
+
+In :func:`validate`, for each validation session and each target modality present in it, the target is predicted
 (a) from all the session's other modalities ("leave-one-out") and (b) from a single structural
 input (the first of T1w, T2w, FLAIR that is present and is not the target). Metrics
 (:func:`bids_synth.metrics.score`, inside the brain mask) are averaged per target and per
@@ -10,15 +13,14 @@ pattern; a pattern is named by its inputs joined with ``+``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from ..metrics import score
-from ..models.imputer import SessionArrays
-from ..models.synthesis import DiffusionImputer
+from ..models.imputer import Imputer, SessionArrays
 
-__all__ = ['validate', 'autoencoder_psnr']
+__all__ = ['validate', 'validate_imputer', 'validation_patterns']
 
 _SINGLE = ('T1w', 'T2w', 'FLAIR')
 
@@ -30,7 +32,7 @@ def _mean(rows: list[dict]) -> dict:
     return out
 
 
-def validate(model: DiffusionImputer, sessions: list[SessionArrays], mask: np.ndarray, *,
+def validate(model: Imputer, sessions: list[SessionArrays], mask: np.ndarray, *,
              seed: int = 0) -> dict:
     """Validation metrics.
 
@@ -54,7 +56,7 @@ def validate(model: DiffusionImputer, sessions: list[SessionArrays], mask: np.nd
         for inputs, targets in jobs:
             sess = SessionArrays(s.subject, s.session, {m: s.images[m] for m in inputs},
                                  s.clinical)
-            preds = model.predict(sess, targets, seed=seed, num_samples=1)
+            preds = model.predict(sess, targets, seed=seed)
             pattern = '+'.join(inputs)
             for t in targets:
                 sc = score(preds[t].mean, s.images[t], mask)
@@ -67,18 +69,46 @@ def validate(model: DiffusionImputer, sessions: list[SessionArrays], mask: np.nd
     }
 
 
-@torch.no_grad()
-def autoencoder_psnr(model: DiffusionImputer, sessions: list[SessionArrays],
-                     mask: np.ndarray) -> dict[str, float]:
-    """Reconstruction PSNR (dB, in mask) of the autoencoder per modality on ``sessions``."""
-    net, spec = model.net, model.spec
-    out: dict[str, list[float]] = defaultdict(list)
-    for s in sessions:
-        for m in spec.modalities:
-            if m not in s.images:
+def validation_patterns(target: str, available: Sequence[str]) -> list[tuple[str, ...]]:
+    """Input patterns to score a target with: all other modalities, each one alone, none."""
+    others = tuple(m for m in available if m != target)
+    patterns = [others] + [(m,) for m in others if len(others) > 1] + [()]
+    return list(dict.fromkeys(patterns))
+
+
+def validate_imputer(imputer, sessions: Sequence[SessionArrays], mask: np.ndarray,
+                     modalities: Sequence[str], *, psnr_only: bool = False,
+                     **predict_kwargs) -> dict:
+    """Mask each target of each held-out session, predict it, score inside the brain mask.
+
+    Returns ``{'per_target': {t: metrics}, 'per_pattern': {'t <- a+b': metrics}}`` where the
+    per-target figure uses every other modality as input.
+    """
+    from ..metrics import psnr, score
+
+    per_pattern: dict[str, list[dict]] = {}
+    per_target: dict[str, list[dict]] = {}
+    for sess in sessions:
+        for target in modalities:
+            if target not in sess.images:
                 continue
-            x = torch.from_numpy(np.asarray(s.images[m], np.float32))[None]
-            sl = spec.channel_slices()[m]
-            rec = net.decode(net.encode(x, sl), sl)[0].numpy()
-            out[m].append(score(rec, s.images[m], mask)['psnr'])
-    return {m: float(np.mean(v)) for m, v in out.items()}
+            patterns = validation_patterns(target, [m for m in modalities
+                                                    if m in sess.images])
+            for pattern in patterns:
+                masked = SessionArrays(sess.subject, sess.session,
+                                       {m: sess.images[m] for m in pattern}, sess.clinical)
+                pred = imputer.predict(masked, (target,), **predict_kwargs)[target].mean
+                ref = sess.images[target]
+                scores = [{'psnr': psnr(pred[c], ref[c], mask)} if psnr_only
+                          else score(pred[c], ref[c], mask) for c in range(ref.shape[0])]
+                merged = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+                key = f'{target} <- {"+".join(pattern) or "(none)"}'
+                per_pattern.setdefault(key, []).append(merged)
+                if pattern == patterns[0]:  # every other modality as input
+                    per_target.setdefault(target, []).append(merged)
+
+    def _mean(rows):
+        return {**{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, 'n': len(rows)}
+
+    return {'per_target': {k: _mean(v) for k, v in per_target.items()},
+            'per_pattern': {k: _mean(v) for k, v in per_pattern.items()}}

@@ -13,6 +13,7 @@ the top-level and single-subject builders read the config.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -23,6 +24,8 @@ from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
 from ..interfaces.reports import SubjectReport
 from ..interfaces.synthesis import FitModel, Synthesize
+
+LOGGER = logging.getLogger('bids_synth.workflows')
 
 __all__ = ['init_bids_synth_wf', 'init_single_subject_wf', 'init_session_synth_wf',
            'init_group_wf', 'session_key']
@@ -57,6 +60,9 @@ def init_bids_synth_wf(config, inventories, clinical, *, model: str, model_card:
     by_subject: dict[str, list] = {}
     for inv in inventories:
         by_subject.setdefault(inv.subject, []).append(inv)
+    if model_card.get('method') == 'regression' and config.workflow.num_samples > 1:
+        LOGGER.warning('the regression is deterministic: one image per target, no '
+                       'desc-synthstd (--num-samples %d ignored)', config.workflow.num_samples)
     for subject, sessions in sorted(by_subject.items()):
         sub_wf = init_single_subject_wf(
             config, subject, sessions, clinical, model=model, model_card=model_card,
@@ -72,6 +78,7 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
     """All sessions of one subject, plus the subject's report. ``None`` if nothing to do."""
     wf = pe.Workflow(name=f'sub_{_safe(subject)}_wf')
     res = int(model_card['template'].get('res', 2))
+    num_samples = samples_of(model_card, config.workflow.num_samples)
     entries = []
     for inv in sessions:
         targets = targets_of(inv)
@@ -86,7 +93,8 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             res=res,
             method=config.workflow.method,
             seed=config.seeds.master,
-            num_samples=config.workflow.num_samples,
+            num_samples=num_samples,
+            write_samples=config.workflow.write_samples and model_card.get('method') != 'regression',
             steps=config.workflow.steps,
             sampler=config.workflow.sampler,
             device=config.workflow.device,
@@ -114,6 +122,17 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
     return wf
 
 
+def samples_of(model_card: dict, asked: int) -> int:
+    """Samples per image: ``asked``, else the card's default; always 1 for the regression.
+
+    >>> samples_of({'method': 'regression'}, 4), samples_of({'sampler': {'num_samples': 4}}, 0)
+    (1, 4)
+    """
+    if model_card.get('method') == 'regression':
+        return 1
+    return int(asked or model_card.get('sampler', {}).get('num_samples', 1))
+
+
 def init_session_synth_wf(
     inv,
     *,
@@ -129,6 +148,7 @@ def init_session_synth_wf(
     sampler,
     device,
     bids_dir,
+    write_samples=False,
     output_dir,
     omp_nthreads=1,
     name=None,
@@ -166,7 +186,8 @@ def init_session_synth_wf(
                 in_modalities=inputs, target=target, clinical=_plain(clinical_values),
                 model=model, method=method or '',
                 seed=derive_seed(seed, inv.subject, inv.session or '', target),
-                num_samples=num_samples, steps=steps, sampler=sampler or '', device=device,
+                num_samples=num_samples, write_samples=write_samples, steps=steps,
+                sampler=sampler or '', device=device,
                 use_gpu=use_gpu and method != 'regression', subject=inv.subject,
                 session=inv.session or '', res=res,
             ),
@@ -194,6 +215,8 @@ def init_session_synth_wf(
             (native, ds, [('out_file', 'native_file')]),
             (ds, outputnode, [('out_record', target)]),
         ])  # fmt:skip
+        if write_samples:
+            wf.connect([(synth, ds, [('out_samples', 'template_samples')])])  # fmt:skip
         if num_samples > 1:
             wf.connect([
                 (synth, native_std, [('out_std', 'in_file')]),
