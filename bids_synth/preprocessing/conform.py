@@ -25,7 +25,7 @@ from ..bids.modalities import MODALITIES
 from ..errors import DataError, RegistrationQCError
 from .derived import representation_native
 from .intensity import normalize
-from .qc import ORIENTATION_CANDIDATES, QC_THRESHOLD, RegistrationQC, candidate_transform
+from .qc import ORIENTATION_CANDIDATES, RegistrationQC, candidate_transform, threshold_for
 from .qc import similarity as _similarity
 
 __all__ = [
@@ -184,7 +184,7 @@ def fixed_image(template, modality: str) -> np.ndarray:
 
 def _write(img: nib.Nifti1Image, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name('.tmp-' + path.name)
+    tmp = path.with_name(f'.tmp-{os.getpid()}-' + path.name)  # pid: resume cleans it
     nib.save(img, tmp)
     os.replace(tmp, path)
     return str(path)
@@ -271,6 +271,7 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     fixed_path = _fixed_file(template, key, work_dir)
     out = work_dir / f'{name}_to-{template.name}_res-{template.res}_affine.mat'
     prefix = str(work_dir / f'{name}_ants_')
+    threshold = threshold_for(modality or key)
     tried: dict[str, float] = {}
     best: tuple[str, str, float] | None = None
     t0 = time.perf_counter()
@@ -286,11 +287,11 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
             if cand != 'identity':
                 init = candidate_transform(cand, fixed, moving, f'{prefix}{cand}_init.mat')
             mat = _register(fixed, moving, f'{prefix}{cand}_', template.res, init)
-            sim = _similarity(src, mat, fixed_path, template.mask) if qc else float('nan')
+            sim = _similarity(src, mat, fixed_path, template) if qc else float('nan')
             tried[cand] = sim
             if best is None or sim > best[2]:
                 best = (cand, mat, sim)
-            if not qc or sim >= QC_THRESHOLD:
+            if not qc or sim >= threshold:
                 break  # the careful path: only a failing registration tries the others
         cand, mat, sim = best
         os.replace(mat, out)
@@ -300,12 +301,13 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
         raise DataError(f'{label}: registration to {template.name} failed: {exc}') from exc
     report = None
     if qc:
-        report = RegistrationQC(similarity=sim, orientation=cand, tried=tried)
+        report = RegistrationQC(similarity=sim, threshold=threshold, orientation=cand,
+                                tried=tried)
         if not report.passed:
             if not force:
                 raise RegistrationQCError(
-                    f'{label}: registration QC failed: correlation with the {template.name} '
-                    f'target {sim:.2f} < {report.threshold} (orientations tried: '
+                    f'{label}: registration QC failed: similarity to {template.name} '
+                    f'{sim:.2f} < {threshold} (orientations tried: '
                     + ', '.join(f'{k} {v:.2f}' for k, v in tried.items())
                     + '); treated as unreadable (--force keeps it, flagged)'
                 )
