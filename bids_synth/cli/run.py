@@ -318,7 +318,9 @@ def _execute(config, wf) -> int:
         'poll_sleep_duration': 0.5 if nip.plugin == 'MultiProc' else 2,
     }
     ncfg.update_config({'execution': exec_cfg, 'monitoring': {'enabled': False}})
-    level = 'INFO' if ex.verbose else 'WARNING'
+    # without -v, nipype logs nothing (its crash reports carry tracebacks): each crash becomes
+    # one line of ours below, with the crash file named
+    level = 'INFO' if ex.verbose else 'CRITICAL'
     for name in ('nipype.workflow', 'nipype.interface', 'nipype.utils'):
         ncfg.set('logging', name.split('.')[1] + '_level', level)
     nlogging.update_logging(ncfg)
