@@ -202,3 +202,14 @@ def test_no_participants_file(tmp_path, caplog):
     assert len(table) == 0 and table.columns == () and table.schema() == {}
     assert table.for_session('01', None) == {}
     assert 'participants.tsv' in caplog.text
+
+
+def test_a_whole_column_coded_otherwise_is_one_fatal_line(tmp_path):
+    """sex coded 0/1 for a model that knows M/F: not a typo per row, a coding mismatch."""
+    (tmp_path / 'participants.tsv').write_text(
+        'participant_id\tsex\nsub-01\t0\nsub-02\t1\nsub-03\t1\n')
+    schema = {'sex': {'type': 'categorical', 'levels': ['M', 'F']}}
+    with pytest.raises(errors.ClinicalTableError) as info:
+        load_clinical(tmp_path, schema=schema)
+    assert str(info.value).startswith(f"{tmp_path / 'participants.tsv'}: column 'sex': none of")
+    assert '--clinical-columns' in str(info.value) and info.value.exit_code == 65

@@ -330,8 +330,8 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
         try:
             header, rows, row_problems = _read_tsv(sfile, 'session_id')
         except ClinicalTableError as exc:
-            # one subject's file: that subject is skipped; the other subjects go on
-            problem((subject, None), f'{exc} (sub-{subject} skipped)')
+            # one subject's whole file: reported and ignored (participants.tsv values are used)
+            problem(None, f'{exc} (this sessions file is ignored)')
             continue
         for label, message in row_problems:
             problem((subject, label) if label is not None else None, message)
@@ -361,6 +361,7 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
                       or _infer_type(col, values, col_info))
     all_rows = [((sub, None), row) for sub, row in participants.items()]
     all_rows += list(sessions.items())
+    failed: dict[str, list[tuple[tuple, str]]] = {}
     for key, row in all_rows:
         for col in checked:
             raw = row.get(col)
@@ -369,9 +370,19 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
             col_info = info.get(col) if isinstance(info.get(col), dict) else {}
             why = value_problem(raw, types[col], col_info, schema.get(col))
             if why:
-                path, line = where[key]
-                label = f'sub-{key[0]}' + (f' ses-{key[1]}' if key[1] else '')
-                problem(key, f'{path}:{line}: column {col!r}: {why} ({label} skipped)')
+                failed.setdefault(col, []).append((key, raw, why))
+    for col, fails in failed.items():
+        n_values = sum(row.get(col) not in (None, *MISSING_VALUES) for _, row in all_rows)
+        if len(fails) == n_values and n_values > 2:  # a coding mismatch, not a typo
+            values = ', '.join(sorted({raw for _, raw, _ in fails})[:6])
+            raise ClinicalTableError(
+                f'{tsv}: column {col!r}: none of its values ({values}) fits, e.g. '
+                f'{fails[0][2]}; recode the column, or leave it out with --clinical-columns'
+            )
+        for key, _, why in fails:
+            path, line = where[key]
+            label = f'sub-{key[0]}' + (f' ses-{key[1]}' if key[1] else '')
+            problem(key, f'{path}:{line}: column {col!r}: {why} ({label} skipped)')
     table = ClinicalTable(participants, sessions, types, info)
     table.problems = problems
     table.bad = bad
