@@ -13,6 +13,7 @@ sidecar, so Nipype nodes pass file names (:meth:`Transform.from_path`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ __all__ = [
     'save_conformed',
     'load_conformed',
 ]
+
+LOGGER = logging.getLogger('bids_synth.preprocessing.conform')
 
 #: ants ``type_of_transform`` per stage (rigid, then affine initialized by the rigid result).
 STAGES = ('Rigid', 'Affine')
@@ -312,6 +315,10 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
                     + '); treated as unreadable (--force keeps it, flagged)'
                 )
             report.forced = True
+        if cand != 'identity':
+            LOGGER.warning('%s: registered only from a 180-degree turned start (%s, similarity '
+                           '%.2f, %.2f as given): check the orientation of its header', label,
+                           cand, sim, tried['identity'])
     tx = Transform(path=str(out), template=template.name, res=int(template.res),
                    modality=modality or key, fixed=fixed_path, seconds=time.perf_counter() - t0,
                    qc=report.to_dict() if report else None)

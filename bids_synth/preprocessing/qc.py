@@ -31,11 +31,14 @@ __all__ = ['QC_THRESHOLD', 'QC_THRESHOLDS', 'threshold_for', 'ORIENTATION_CANDID
 
 #: Gaussian smoothing (sigma, mm) of the image and the tissue maps before the fit.
 SMOOTH_MM = 4.0
-#: Lowest accepted similarity per modality family (default: ``None`` key). Measured at res 4
-#: and res 2 (docs/usage.md, "Registration QC"): well-registered phantom inputs >= 0.88, real
-#: anatomical images 0.80-0.90; the same images registered from a 180-degree turned start
-#: 0.41-0.65. Real bold (3 mm EPI, one subject) scored 0.63 when registered well, as low as
-#: misregistered anatomy: bold gets a lower bar, which only catches gross failures.
+#: Lowest accepted similarity per modality family (default: ``None`` key). Measured with
+#: tools/registration_qc_thresholds.py (docs/usage.md, "Registration QC"), res 4 / res 2:
+#: well-registered phantom inputs (3 subjects, 7 modalities) 0.88-0.98 / 0.90-0.99; real
+#: anatomical images (../shared/realdata: T1w with and without skull, T2w, FLAIR, ce-T1w)
+#: 0.80-0.90 / 0.82-0.91; the same T1w images registered from a 180-degree turned start
+#: 0.42-0.65 / 0.42-0.64 (every one recovered by an orientation candidate, 0.90-0.99); a noise
+#: image 0.10. The real bold (3 mm EPI) scored 0.63 / 0.61, as low as misregistered anatomy:
+#: bold gets a lower bar, which only catches gross failures.
 QC_THRESHOLDS: dict[str | None, float] = {None: 0.72, 'fmri': 0.55}
 QC_THRESHOLD = QC_THRESHOLDS[None]
 
