@@ -296,13 +296,13 @@ def test_concurrent_runs_into_one_output(cohort, reference, tmp_path, digest):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     procs = [subprocess.Popen([sys.executable, '-m', 'bids_synth', str(cohort.bids_dir),
                                str(tmp_path / 'out'), 'participant', '-w',
-                               str(tmp_path / f'work{i}'), *FAST],
+                               str(tmp_path / f'work{i}'), *FAST, '--participant-label', '002'],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
              for i in range(2)]
     for proc in procs:
         output = proc.communicate(timeout=600)[0].decode()
         assert proc.returncode == 0 and 'Traceback' not in output, output
     ours, theirs = digest(tmp_path / 'out'), digest(reference / 'out')
-    images = [k for k in theirs if k.endswith('.nii.gz')]
+    images = [k for k in theirs if k.endswith('.nii.gz') and k.startswith('sub-002')]
     assert images and all(ours[k] == theirs[k] for k in images)
     assert not [k for k in ours if re.search(r'\.tmp', k)]

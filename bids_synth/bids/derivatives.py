@@ -328,7 +328,8 @@ def check_output_dirs(bids_dir, output_dir, work_dir=None) -> None:
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
-            what = 'is a file' if existing == folder else f'cannot be created: {existing} is a file'
+            what = ('is a file' if existing == folder
+                    else f'cannot be created: {existing} is a file')
             raise CannotCreateOutputError(f'{folder}: the {kind} folder {what}, not a folder')
         if not os.access(existing, os.W_OK | os.X_OK):
             raise CannotCreateOutputError(

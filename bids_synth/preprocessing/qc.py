@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ['QC_THRESHOLD', 'QC_THRESHOLDS', 'threshold_for', 'ORIENTATION_CANDIDATES', 'RegistrationQC', 'similarity',
-           'candidate_transform']
+__all__ = ['QC_THRESHOLD', 'QC_THRESHOLDS', 'SMOOTH_MM', 'threshold_for',
+           'ORIENTATION_CANDIDATES', 'RegistrationQC', 'similarity', 'candidate_transform']
 
 #: Gaussian smoothing (sigma, mm) of the image and the tissue maps before the fit.
 SMOOTH_MM = 4.0
