@@ -306,3 +306,12 @@ def test_concurrent_runs_into_one_output(cohort, reference, tmp_path, digest):
     images = [k for k in theirs if k.endswith('.nii.gz') and k.startswith('sub-002')]
     assert images and all(ours[k] == theirs[k] for k in images)
     assert not [k for k in ours if re.search(r'\.tmp', k)]
+
+
+def test_unreadable_as_missing_is_a_warning(cohort, tmp_path, capsys, digest):
+    """Asked for with --unreadable-as-missing: the unreadable file is a warning, exit 0."""
+    case = Case(cohort, tmp_path)
+    flair = case.file('001', 'FLAIR')
+    flair.write_bytes(flair.read_bytes()[:200])
+    assert case.run(capsys, digest, '--dry-run', '--unreadable-as-missing') == 0
+    assert not case.errors and f'{flair}: ' in case.err and 'synthesizing it as missing' in case.err

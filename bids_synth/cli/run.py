@@ -146,10 +146,12 @@ def _plan(config) -> _Plan:
     kept = [inv for inv in inventories if not clinical.is_bad(inv.subject, inv.session)]
     for inv in kept:
         for mod, reason in inv.unreadable.items():
+            line = f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
+            if ex.unreadable_as_missing:  # asked for: a warning, not a problem
+                LOGGER.warning('%ssynthesizing it as missing)', line)
+                continue
             n_problems += 1
-            _error(f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
-                   + ('synthesizing it as missing)' if ex.unreadable_as_missing
-                      else 'left alone, the other modalities and subjects go on)'))
+            _error(line + 'left alone, the other modalities and subjects go on)')
     targets = tuple(wfc.modalities) or DEFAULT_TARGETS
     return _Plan(kept, clinical, targets, model, card, n_problems)
 
