@@ -52,6 +52,8 @@ class Execution:
     dry_run: bool = False
     unreadable_as_missing: bool = False
     """Synthesize modalities whose file exists but cannot be read (off: they are errors)."""
+    force: bool = False
+    """Keep inputs that fail the registration QC (flagged in the sidecars)."""
     run_id: str = dc.field(default_factory=_run_id)
     verbose: int = 0
     write_graph: bool = False

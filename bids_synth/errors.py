@@ -18,6 +18,7 @@ __all__ = [
     'UsageError',
     'DataError',
     'UnreadableImageError',
+    'RegistrationQCError',
     'ClinicalTableError',
     'NoInputError',
     'CannotCreateOutputError',
@@ -52,6 +53,10 @@ class DataError(BIDSSynthError, ValueError):
 
 class UnreadableImageError(DataError):
     """An image file exists but cannot be read (empty, header-only, corrupt, all-NaN...)."""
+
+
+class RegistrationQCError(UnreadableImageError):
+    """An input registered to the template fails the registration QC (misregistered)."""
 
 
 class ClinicalTableError(DataError):

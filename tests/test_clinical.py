@@ -112,26 +112,72 @@ def test_types_without_dictionary(tmp_path):
     assert table.schema()['group']['levels'] == ['a', 'b']
 
 
-@pytest.mark.parametrize(('text', 'line', 'what'), [
-    ('participant_id\tage\nsub-01\t70\nsub-02\t71\t5\n', 3, 'row has 3 fields'),
-    ('participant_id\tage\nsub-01\t70\nsub-02\t71\n01\t72\n', 4, 'duplicate participant_id'),
-    ('subject\tage\nsub-01\t70\n', 1, 'no participant_id column'),
-    ('participant_id\tage\nn/a\t70\n', 2, 'empty participant_id'),
+@pytest.mark.parametrize(('text', 'line', 'what', 'bad'), [
+    ('participant_id\tage\nsub-01\t70\nsub-02\t71\t5\n', 3, 'row has 3 fields', '02'),
+    ('participant_id\tage\nsub-01\t70\nsub-02\t71\n02\t72\n', 4, 'duplicate participant_id',
+     '02'),
+    ('participant_id\tage\nsub-01\t70\nn/a\t70\n', 3, 'empty participant_id', None),
 ])
-def test_malformed_participants(tmp_path, text, line, what):
+def test_malformed_rows_skip_only_their_subject(tmp_path, text, line, what, bad):
+    """A bad row is one problem line; the other rows stay usable (issue 12, case 7)."""
     (tmp_path / 'participants.tsv').write_text(text)
+    table = load_clinical(tmp_path)
+    (message,) = table.problems
+    assert message.startswith(f'{tmp_path / "participants.tsv"}:{line}: ') and what in message
+    assert not table.is_bad('01', None) and table.for_session('01', None) == {'age': 70.0}
+    if bad:
+        assert table.is_bad(bad, None) and f'sub-{bad} skipped' in message
+
+
+def test_missing_key_column_is_fatal(tmp_path):
+    (tmp_path / 'participants.tsv').write_text('subject\tage\nsub-01\t70\n')
     with pytest.raises(errors.ClinicalTableError) as info:
         load_clinical(tmp_path)
-    message = str(info.value)
-    assert message.startswith(f'{tmp_path / "participants.tsv"}:{line}: ') and what in message
+    assert str(info.value).startswith(f'{tmp_path / "participants.tsv"}:1: no participant_id')
     assert info.value.exit_code == 65
 
 
 def test_duplicate_names_first_line(tmp_path):
     (tmp_path / 'participants.tsv').write_text(
         'participant_id\tage\nsub-01\t70\nsub-02\t71\nsub-01\t72\n')
-    with pytest.raises(errors.ClinicalTableError, match=r':4: .*sub-01 \(first on line 2\)'):
-        load_clinical(tmp_path)
+    (message,) = load_clinical(tmp_path).problems
+    assert ':4: ' in message and 'sub-01 (first on line 2)' in message
+
+
+@pytest.mark.parametrize(('cell', 'column', 'what'), [
+    ('seventy', 'age', "'seventy' is not a number (Units \"year\" in participants.json)"),
+    ('U', 'sex', "'U' is not one of the Levels in participants.json (M, F)"),
+])
+def test_values_checked_against_participants_json(tmp_path, cell, column, what):
+    """Issue 12, cases 3 and 4: never retyped, never accepted silently; one line per cell."""
+    rows = {'age': ['70', '71', '72'], 'sex': ['M', 'F', 'M']}
+    rows[column][1] = cell
+    (tmp_path / 'participants.tsv').write_text('participant_id\tage\tsex\n' + ''.join(
+        f'sub-0{i + 1}\t{rows["age"][i]}\t{rows["sex"][i]}\n' for i in range(3)))
+    (tmp_path / 'participants.json').write_text(
+        '{"age": {"Units": "year"}, "sex": {"Levels": {"M": "male", "F": "female"}}}')
+    table = load_clinical(tmp_path)
+    assert table.types == {'age': 'continuous', 'sex': 'categorical'}
+    (message,) = table.problems
+    assert message == (f'{tmp_path / "participants.tsv"}:3: column {column!r}: {what} '
+                       '(sub-02 skipped)')
+    assert table.is_bad('02', None) and not table.is_bad('01', None)
+
+
+def test_values_checked_against_the_model_card(tmp_path):
+    (tmp_path / 'participants.tsv').write_text(
+        'participant_id\tage\tsex\tsite\nsub-01\t70\tM\tX\nsub-02\t71\tO\tY\n')
+    schema = {'age': {'type': 'continuous', 'units': 'year'},
+              'sex': {'type': 'categorical', 'levels': ['M', 'F']}}
+    table = load_clinical(tmp_path, schema=schema)
+    (message,) = table.problems  # site is not the model's: not checked
+    assert ":3: column 'sex': 'O' is not a level the model knows (M, F)" in message
+    (tmp_path / 'participants.json').write_text('{"age": {"Units": "months"}}')
+    with pytest.raises(errors.ClinicalTableError, match="'age' is in 'months' but the model"):
+        load_clinical(tmp_path, schema=schema)
+    (tmp_path / 'participants.json').write_text('{"age": {"Levels": {"70": "a", "71": "b"}}}')
+    with pytest.raises(errors.ClinicalTableError, match="'age' is categorical"):
+        load_clinical(tmp_path, schema=schema)
 
 
 def test_malformed_json_and_sessions(tmp_path):
@@ -143,10 +189,11 @@ def test_malformed_json_and_sessions(tmp_path):
     (tmp_path / 'sub-01').mkdir()
     sessions = tmp_path / 'sub-01' / 'sub-01_sessions.tsv'
     sessions.write_text('session_id\tage\nses-1\t70\nses-2\n')
-    table = load_clinical(tmp_path)  # one subject's sessions file: reported and skipped
+    table = load_clinical(tmp_path)  # one subject's sessions file: one row reported, skipped
     (problem,) = table.problems
-    assert problem.startswith(f'{sessions}:3: row has 1 fields') and 'ignored' in problem
+    assert problem.startswith(f'{sessions}:3: row has 1 fields') and 'ses-2 skipped' in problem
     assert table.for_session('01', '1') == {'age': 70.0}
+    assert table.is_bad('01', '2') and not table.is_bad('01', '1')
 
 
 def test_no_participants_file(tmp_path, caplog):
@@ -155,3 +202,14 @@ def test_no_participants_file(tmp_path, caplog):
     assert len(table) == 0 and table.columns == () and table.schema() == {}
     assert table.for_session('01', None) == {}
     assert 'participants.tsv' in caplog.text
+
+
+def test_a_whole_column_coded_otherwise_is_one_fatal_line(tmp_path):
+    """sex coded 0/1 for a model that knows M/F: not a typo per row, a coding mismatch."""
+    (tmp_path / 'participants.tsv').write_text(
+        'participant_id\tsex\nsub-01\t0\nsub-02\t1\nsub-03\t1\n')
+    schema = {'sex': {'type': 'categorical', 'levels': ['M', 'F']}}
+    with pytest.raises(errors.ClinicalTableError) as info:
+        load_clinical(tmp_path, schema=schema)
+    assert str(info.value).startswith(f"{tmp_path / 'participants.tsv'}: column 'sex': none of")
+    assert '--clinical-columns' in str(info.value) and info.value.exit_code == 65

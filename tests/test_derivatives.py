@@ -13,7 +13,8 @@ import pytest
 
 from bids_synth import errors
 from bids_synth.bids.derivatives import (
-    BIDS_VERSION, bids_uri, check_output_dirs, derivative_path, write_bidsignore,
+    BIDS_VERSION, bids_uri, check_output_dirs, create_output_dirs, derivative_path,
+    remove_created, remove_stale_temporaries, write_bidsignore,
     write_dataset_description, write_json_atomic, write_nifti_atomic, write_text_atomic,
 )
 from bids_synth.bids.modalities import MODALITIES
@@ -142,12 +143,36 @@ def test_check_output_dirs(raw, tmp_path):
     with pytest.raises(errors.UsageError, match='output folder'):  # derivatives/ too
         check_output_dirs(raw, raw / 'derivatives' / 'bids_synth', tmp_path / 'work')
     assert not (raw / 'derivatives').exists()
-    check_output_dirs(raw, tmp_path / 'out', tmp_path / 'work')
-    assert (tmp_path / 'out').is_dir() and (tmp_path / 'work').is_dir()
+    check_output_dirs(raw, tmp_path / 'out', tmp_path / 'work')  # checks, creates nothing
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'work').exists()
+    created = create_output_dirs(tmp_path / 'out' / 'a', tmp_path / 'work')
+    assert created == [tmp_path / 'out', tmp_path / 'out' / 'a', tmp_path / 'work']
+    remove_created(created)
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'work').exists()
     (tmp_path / 'afile').write_text('')
     with pytest.raises(errors.CannotCreateOutputError, match='afile/out') as info:
         check_output_dirs(raw, tmp_path / 'afile' / 'out', tmp_path / 'work')
-    assert info.value.exit_code == 73
+    assert info.value.exit_code == 73 and 'is a file' in str(info.value)
+    with pytest.raises(errors.CannotCreateOutputError, match='is a file, not a folder'):
+        check_output_dirs(raw, tmp_path / 'afile', tmp_path / 'work')
+
+
+def test_stale_temporaries(tmp_path):
+    """Leftovers of a killed writer go; a live process's temporary file stays."""
+    import subprocess
+
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    (tmp_path / 'sub-01').mkdir()
+    stale = [tmp_path / 'sub-01' / f'.sub-01_desc-synth_T2w.nii.gz.{dead.pid}.0123abcd.tmp.nii.gz',
+             tmp_path / '.x.json.89abcdef.tmp.json',  # older writers: no pid
+             tmp_path / 'sub-01' / f'.tmp-{dead.pid}-native_reference.nii.gz']
+    live = tmp_path / f'.y.json.{os.getpid()}.0123abcd.tmp.json'
+    keep = tmp_path / 'sub-01' / 'sub-01_desc-synth_T2w.nii.gz'
+    for path in (*stale, live, keep):
+        path.write_bytes(b'x')
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert live.exists() and keep.exists()
 
 
 def test_bidsignore_keeps_lines(tmp_path):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_synth.bids.clinical_checks import declared_type, value_problem
 from bids_synth.errors import ClinicalTableError, UsageError
 
 __all__ = ['ClinicalTable', 'load_clinical', 'MISSING_VALUES']
@@ -48,14 +49,19 @@ _MAX_LEVELS = 12
 _MAX_LEVEL_LEN = 40
 
 
-def _read_tsv(path: Path, key: str) -> tuple[list[str], dict[str, tuple[int, dict[str, str]]]]:
-    """Parse a BIDS TSV strictly; key label -> (line number, {column: raw value}).
+def _read_tsv(path: Path, key: str) -> tuple[list[str], dict[str, tuple[int, dict[str, str]]],
+                                             list[tuple[str | None, str]]]:
+    """Parse a BIDS TSV strictly; key label -> (line number, {column: raw value}), problems.
+
+    A bad row affects only its own key: a ragged row, or a key given twice (both rows are
+    dropped: which one is right cannot be told), is returned in ``problems`` as
+    ``(label or None, '<file>:<line>: <problem>')`` and the other rows are kept.
 
     Raises
     ------
     ClinicalTableError
-        ``'<file>:<line>: <problem>'`` for a missing key column, a ragged row, an empty or
-        duplicate key.
+        ``'<file>:<line>: <problem>'`` for what spoils the whole file: unreadable, no header,
+        no key column, duplicate column names.
     """
     try:
         text = path.read_text(encoding='utf-8-sig')
@@ -70,27 +76,33 @@ def _read_tsv(path: Path, key: str) -> tuple[list[str], dict[str, tuple[int, dic
     if len(set(header)) != len(header):
         raise ClinicalTableError(f'{path}:1: duplicate column names in the header')
     rows: dict[str, tuple[int, dict[str, str]]] = {}
+    problems: list[tuple[str | None, str]] = []
+    dropped: set[str] = set()
     prefix = 'sub-' if key == 'participant_id' else 'ses-'
+    kcol = header.index(key)
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         cells = line.split('\t')
-        if len(cells) != len(header):
-            raise ClinicalTableError(
-                f'{path}:{lineno}: row has {len(cells)} fields, the header has {len(header)}'
-            )
-        row = {h: c.strip() for h, c in zip(header, cells)}
-        label = row[key]
+        label = cells[kcol].strip() if len(cells) > kcol else ''
         label = label[len(prefix):] if label.startswith(prefix) else label
         if label in MISSING_VALUES:
-            raise ClinicalTableError(f'{path}:{lineno}: empty {key}')
-        if label in rows:
-            raise ClinicalTableError(
-                f'{path}:{lineno}: duplicate {key} {prefix}{label} '
-                f'(first on line {rows[label][0]})'
-            )
-        rows[label] = (lineno, row)
-    return header, rows
+            problems.append((None, f'{path}:{lineno}: empty {key} (row ignored)'))
+            continue
+        if len(cells) != len(header):
+            problems.append((label, f'{path}:{lineno}: row has {len(cells)} fields, the header '
+                                    f'has {len(header)} ({prefix}{label} skipped)'))
+            dropped.add(label)
+            continue
+        if label in rows or label in dropped:
+            first = f' (first on line {rows[label][0]})' if label in rows else ''
+            problems.append((label, f'{path}:{lineno}: duplicate {key} {prefix}{label}{first}; '
+                                    f'{prefix}{label} skipped'))
+            rows.pop(label, None)
+            dropped.add(label)
+            continue
+        rows[label] = (lineno, {h: c.strip() for h, c in zip(header, cells)})
+    return header, rows, problems
 
 
 def _read_json(path: Path) -> dict:
@@ -124,13 +136,16 @@ def _infer_type(name: str, values: list[str], info: dict) -> str:
     'categorical'
     >>> _infer_type('clinical_notes', ['mild memory complaints'], {})
     'text'
+    >>> _infer_type('age', ['70', '71', '68', '75', 'seventy'], {})
+    'continuous'
     """
     if isinstance(info.get('Levels'), dict) and info['Levels']:
         return 'categorical'
     if _TEXT_NAME.search(name):
         return 'text'
-    if values and all(_as_float(v) is not None for v in values):
-        return 'continuous'
+    numeric = sum(_as_float(v) is not None for v in values)
+    if values and (numeric == len(values) or (numeric >= 2 and numeric >= 0.8 * len(values))):
+        return 'continuous'  # the few non-numbers are typos, reported by the checks
     distinct = set(values)
     if len(distinct) <= _MAX_LEVELS and all(len(v) <= _MAX_LEVEL_LEN for v in distinct):
         return 'categorical'
@@ -154,11 +169,15 @@ class ClinicalTable:
     sessions : pandas.DataFrame
         Session-level typed values, indexed by (subject, session); may be empty.
     problems : list of str
-        Per-subject files that were skipped (malformed ``sessions.tsv``), one line each.
+        One line per problem (``'<file>:<line>: ...'``): malformed rows, values that do not fit
+        their column (participants.json, the model card); the affected rows are skipped.
+    bad : dict
+        ``(subject, session or None)`` -> its problems; ``None``: every session of the subject.
     """
 
     def __init__(self, participants: dict, sessions: dict, types: dict, info: dict):
         self.problems: list[str] = []
+        self.bad: dict[tuple[str, str | None], list[str]] = {}
         self.types = dict(types)
         self.columns = tuple(types)
         self._info = info
@@ -228,6 +247,11 @@ class ClinicalTable:
                 out[col] = {'type': 'text', 'description': desc}
         return out
 
+    def is_bad(self, subject: str, session: str | None) -> bool:
+        """Whether a problem of the table concerns this session (or its whole subject)."""
+        return (subject, None) in self.bad or (session is not None
+                                               and (subject, session) in self.bad)
+
     def __len__(self) -> int:
         return len(self.frame)
 
@@ -246,7 +270,8 @@ def _plain(value):
     return float(value) if isinstance(value, (int, float)) or hasattr(value, 'dtype') else value
 
 
-def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = None):
+def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = None,
+                  schema: dict | None = None):
     """Load the clinical table of a BIDS dataset.
 
     Parameters
@@ -256,19 +281,25 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
     columns : sequence of str, optional
         Restrict to these columns (``--clinical-columns``); default: all clinical columns of
         ``participants.tsv`` and the sessions files.
+    schema : dict, optional
+        The model card's ``clinical_schema`` (participant level): its types, levels and units
+        are checked, and only its columns are (the others do not reach the model).
 
     Returns
     -------
     ClinicalTable
         Empty (no columns, no rows) with a warning when there is no ``participants.tsv`` and no
-        sessions file.
+        sessions file. Row-level problems (ragged row, duplicate id, a value that does not fit
+        participants.json or the model card) are not raised: they are listed in ``problems``
+        and the affected subjects/sessions in ``bad``; the other rows are usable.
 
     Raises
     ------
     ClinicalTableError
-        Malformed ``participants.tsv`` / ``participants.json``; the message names the file and
-        the line. A malformed per-subject ``sessions.tsv`` is not raised: it is skipped and its
-        error listed in the table's ``problems``.
+        What spoils the whole table: an unreadable ``participants.tsv`` or one without a
+        ``participant_id`` column, invalid ``participants.json``, a column whose
+        participants.json type or units contradict the model card's. The message names the
+        file (and line).
     UsageError
         A requested column that no table has.
     """
@@ -276,23 +307,37 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
     tsv = root / 'participants.tsv'
     info = _read_json(root / 'participants.json')
     participants: dict[str, dict[str, str]] = {}
+    where: dict[tuple[str, str | None], tuple[Path, int]] = {}  # row -> (file, line)
     order: list[str] = []
-    if tsv.is_file():
-        header, rows = _read_tsv(tsv, 'participant_id')
-        participants = {label: row for label, (_, row) in rows.items()}
-        order = [h for h in header if h not in _NOT_CLINICAL]
-    sessions: dict[tuple[str, str], dict[str, str]] = {}
     problems: list[str] = []
+    bad: dict[tuple[str, str | None], list[str]] = {}
+
+    def problem(key, message):
+        problems.append(message)
+        if key is not None:
+            bad.setdefault(key, []).append(message)
+
+    if tsv.is_file():
+        header, rows, row_problems = _read_tsv(tsv, 'participant_id')
+        participants = {label: row for label, (_, row) in rows.items()}
+        where.update({(label, None): (tsv, line) for label, (line, _) in rows.items()})
+        order = [h for h in header if h not in _NOT_CLINICAL]
+        for label, message in row_problems:
+            problem(None if label is None else (label, None), message)
+    sessions: dict[tuple[str, str], dict[str, str]] = {}
     for sfile in sorted(root.glob('sub-*/sub-*_sessions.tsv')):
         subject = sfile.parent.name[4:]
         try:
-            header, rows = _read_tsv(sfile, 'session_id')
+            header, rows, row_problems = _read_tsv(sfile, 'session_id')
         except ClinicalTableError as exc:
-            # one subject's file: reported, ignored; the other subjects go on
-            problems.append(f'{exc} (this sessions file is ignored)')
+            # one subject's whole file: reported and ignored (participants.tsv values are used)
+            problem(None, f'{exc} (this sessions file is ignored)')
             continue
+        for label, message in row_problems:
+            problem((subject, label) if label is not None else None, message)
         order += [h for h in header if h not in _NOT_CLINICAL and h not in order]
         sessions.update({(subject, label): row for label, (_, row) in rows.items()})
+        where.update({(subject, label): (sfile, line) for label, (line, _) in rows.items()})
     if not tsv.is_file():
         LOGGER.warning('%s: not found; no participant-level clinical variables', tsv)
 
@@ -304,12 +349,41 @@ def load_clinical(bids_dir: str | os.PathLike, columns: Sequence[str] | None = N
                 f' (available: {", ".join(order) or "none"})'
             )
         order = list(dict.fromkeys(columns))
+    schema = schema or {}
+    checked = [c for c in order if not schema or c in schema]
     types = {}
     for col in order:
         values = [row[col] for row in (*participants.values(), *sessions.values())
                   if row.get(col) not in (None, *MISSING_VALUES)]
         col_info = info.get(col) if isinstance(info.get(col), dict) else {}
-        types[col] = _infer_type(col, values, col_info)
+        card_col = schema.get(col) if col in checked else None
+        types[col] = (declared_type(col, col_info, card_col, root / 'participants.json')
+                      or _infer_type(col, values, col_info))
+    all_rows = [((sub, None), row) for sub, row in participants.items()]
+    all_rows += list(sessions.items())
+    failed: dict[str, list[tuple[tuple, str]]] = {}
+    for key, row in all_rows:
+        for col in checked:
+            raw = row.get(col)
+            if raw in (None, *MISSING_VALUES):
+                continue
+            col_info = info.get(col) if isinstance(info.get(col), dict) else {}
+            why = value_problem(raw, types[col], col_info, schema.get(col))
+            if why:
+                failed.setdefault(col, []).append((key, raw, why))
+    for col, fails in failed.items():
+        n_values = sum(row.get(col) not in (None, *MISSING_VALUES) for _, row in all_rows)
+        if len(fails) == n_values and n_values > 2:  # a coding mismatch, not a typo
+            values = ', '.join(sorted({raw for _, raw, _ in fails})[:6])
+            raise ClinicalTableError(
+                f'{tsv}: column {col!r}: none of its values ({values}) fits, e.g. '
+                f'{fails[0][2]}; recode the column, or leave it out with --clinical-columns'
+            )
+        for key, _, why in fails:
+            path, line = where[key]
+            label = f'sub-{key[0]}' + (f' ses-{key[1]}' if key[1] else '')
+            problem(key, f'{path}:{line}: column {col!r}: {why} ({label} skipped)')
     table = ClinicalTable(participants, sessions, types, info)
     table.problems = problems
+    table.bad = bad
     return table

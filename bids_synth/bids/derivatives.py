@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from bids_synth.errors import CannotCreateOutputError, UsageError
 __all__ = [
     'BIDS_VERSION', 'CODE_URL', 'bids_uri', 'derivative_path', 'write_dataset_description',
     'write_nifti_atomic', 'write_json_atomic', 'write_text_atomic', 'write_bidsignore',
-    'check_output_dirs', 'BIDSIGNORE_LINES',
+    'check_output_dirs', 'create_output_dirs', 'remove_created', 'BIDSIGNORE_LINES',
+    'temp_path', 'remove_stale_temporaries',
 ]
 
 #: BIDS version of the outputs (what schema 1.2.7 of bids-validator-deno 3.0.2 validates).
@@ -148,13 +150,70 @@ def derivative_path(
     return folder / f'{stem}_{mod.suffix}{extension}'
 
 
+#: Temporary files of the atomic writers: ``.<name>.<pid>.<8 hex>.tmp<ext>`` (older versions
+#: wrote no pid), and ``.tmp-<pid>-<name>`` of :mod:`bids_synth.preprocessing.conform`.
+_TEMP = re.compile(r'^\..+?\.(?:(?P<pid>\d+)\.)?[0-9a-f]{8}\.tmp(?:\.[A-Za-z]+)*$'
+                   r'|^\.tmp-(?P<pid2>\d+)-.+$')
+#: A temporary file older than this is stale whoever wrote it (a write takes seconds).
+STALE_AFTER_S = 3600
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A temporary name beside ``path`` that names this process (see :data:`_TEMP`).
+
+    >>> import re; bool(_TEMP.match(temp_path('/o/sub-01_T2w.nii.gz').name))
+    True
+    """
+    path = Path(path)
+    ext = ''.join(s for s in path.suffixes if s in ('.nii', '.gz', '.json', '.tsv', '.bval',
+                                                     '.bvec', '.html', '.txt'))
+    return path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{ext}')
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed run left under ``root``; return them.
+
+    A temporary file is stale when the process that wrote it is gone (the pid in its name),
+    or it is older than :data:`STALE_AFTER_S`. Files of a live concurrent run are left alone.
+    """
+    import time
+
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for dirpath, _, filenames in os.walk(root):
+        for fname in filenames:
+            match = _TEMP.match(fname)
+            if not match:
+                continue
+            path = Path(dirpath) / fname
+            pid = match.group('pid') or match.group('pid2')
+            try:
+                old = now - path.stat().st_mtime > STALE_AFTER_S
+                if old or pid is None or not _alive(int(pid)):
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
 def _atomic(path: str | os.PathLike, write) -> Path:
     """Run ``write(tmp_path)`` then move the temporary file onto ``path``."""
     path = Path(path)
-    name = path.name
-    ext = ''.join(s for s in path.suffixes if s in ('.nii', '.gz', '.json', '.tsv', '.bval',
-                                                     '.bvec', '.html', '.txt'))
-    tmp = path.with_name(f'.{name}.{uuid.uuid4().hex[:8]}.tmp{ext}')
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
@@ -245,17 +304,18 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def check_output_dirs(bids_dir, output_dir, work_dir=None) -> None:
-    """Refuse output/work folders that would write into the input dataset; create them.
+    """Refuse output/work folders that would write into the input dataset, or cannot be made.
 
-    Neither may be the input dataset or inside it, ``derivatives/`` included: bids_synth never
-    writes into the input dataset (DESIGN: the input tree stays byte-identical).
+    Creates nothing (see :func:`create_output_dirs`): a run that fails its checks leaves no
+    folder behind. Neither folder may be the input dataset or inside it, ``derivatives/``
+    included: bids_synth never writes into the input dataset.
 
     Raises
     ------
     UsageError
         Output or work folder equal to, or inside, the input dataset.
     CannotCreateOutputError
-        A folder that cannot be created or written.
+        A path that is a file, or a folder that cannot be created or written.
     """
     bids_dir = Path(bids_dir).expanduser().resolve()
     checks = [('output', output_dir)] + ([('work', work_dir)] if work_dir is not None else [])
@@ -266,11 +326,49 @@ def check_output_dirs(bids_dir, output_dir, work_dir=None) -> None:
                 f'{kind} folder {folder} is the input dataset or inside it ({bids_dir}); '
                 'choose a folder outside the input (it is never written to)'
             )
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = ('is a file' if existing == folder
+                    else f'cannot be created: {existing} is a file')
+            raise CannotCreateOutputError(f'{folder}: the {kind} folder {what}, not a folder')
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CannotCreateOutputError(
+                f'{folder}: the {kind} folder ' + ('is not writable' if existing == folder
+                                                   else f'cannot be created in {existing} '
+                                                   '(not writable)'))
+
+
+def create_output_dirs(*folders) -> list[Path]:
+    """Create folders; return those this call created (topmost first), for :func:`remove_created`.
+
+    Raises
+    ------
+    CannotCreateOutputError
+    """
+    created: list[Path] = []
+    for folder in folders:
+        folder = Path(folder).expanduser().absolute()
+        missing = []
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise CannotCreateOutputError(
-                f'{folder}: cannot create the {kind} folder ({err.strerror or err})'
+                f'{folder}: cannot create the folder ({err.strerror or err})'
             ) from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise CannotCreateOutputError(f'{folder}: the {kind} folder is not writable')
+        created += reversed(missing)
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Remove the folders of :func:`create_output_dirs` that are still empty (deepest first)."""
+    for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            continue

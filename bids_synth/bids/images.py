@@ -1,7 +1,7 @@
 """Readability checks of input images: a bad file is named with its reason, never half-read.
 
 A file that exists but cannot be used (empty, header-only, corrupt gzip, wrong number of
-dimensions for its modality, no finite or non-zero voxel, a non-finite affine) raises
+dimensions for its modality, a non-finite or all-zero voxel data, an implausible affine) raises
 :class:`~bids_synth.errors.UnreadableImageError` with a one-line message ``'<path>: <reason>'``.
 The layout records that reason in the session inventory and goes on with the other files.
 
@@ -66,6 +66,55 @@ def _gzip_problem(path: Path) -> str | None:
         return f'corrupt gzip (deflate error: {err})'
     except OSError as err:
         return f'corrupt gzip ({err})'
+    return None
+
+
+def _not_gzip(path: Path) -> str | None:
+    """Why a ``.gz`` file is not gzip data (no gzip magic number), or ``None``.
+
+    An uncompressed NIfTI given a ``.nii.gz`` name is named as such, not as a corrupt gzip.
+    """
+    with path.open('rb') as fobj:
+        head = fobj.read(348)
+    if head[:2] == b'\x1f\x8b':
+        return None
+    for order in ('<', '>'):
+        if len(head) >= 4 and int(np.frombuffer(head[:4], f'{order}i4')[0]) in (348, 540):
+            return ('an uncompressed NIfTI named .nii.gz (not gzip data): rename it to .nii '
+                    'or compress it with gzip')
+    return 'corrupt gzip (no gzip header: not gzip data, although named .gz)'
+
+
+def _orientation_problem(img) -> str | None:
+    """Why an image's voxel-to-world affine is implausible for a head scan, or ``None``.
+
+    Degenerate (zero or non-finite) or implausible voxel sizes, or strongly sheared axes. (A
+    plausible affine can still be turned the wrong way: the registration QC catches that.)
+
+    >>> import nibabel as nib, numpy as np
+    >>> _orientation_problem(nib.Nifti1Image(np.zeros((64, 64, 40), 'f4'), np.diag([3, 3, 3, 1])))
+    >>> sheared = np.array([[3, 1.5, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]])
+    >>> _orientation_problem(nib.Nifti1Image(np.zeros((64, 64, 40), 'f4'), sheared))
+    'sheared affine (voxel axes 27 degrees from orthogonal): a broken qform/sform'
+    >>> _orientation_problem(nib.Nifti1Image(np.zeros((64, 64, 40), 'f4'),
+    ...                                      np.diag([300, 300, 300, 1])))
+    'implausible voxel size 300 x 300 x 300 mm (expected 0.05-20 mm)'
+    """
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        return 'non-finite affine (NaN or inf in the qform/sform)'
+    lin = np.asarray(affine[:3, :3], dtype=float)
+    if abs(np.linalg.det(lin)) < 1e-12:
+        return 'singular affine (zero voxel size or degenerate orientation)'
+    zooms = np.sqrt((lin ** 2).sum(axis=0))
+    if zooms.min() < 0.05 or zooms.max() > 20:
+        size = ' x '.join(f'{z:.3g}' for z in zooms)
+        return f'implausible voxel size {size} mm (expected 0.05-20 mm)'
+    cosines = lin / zooms
+    off = np.abs(cosines.T @ cosines - np.eye(3)).max()
+    if off > 0.2:  # axes more than ~11.5 degrees from orthogonal
+        return (f'sheared affine (voxel axes {np.degrees(np.arcsin(min(off, 1))):.0f} degrees '
+                'from orthogonal): a broken qform/sform')
     return None
 
 
@@ -186,9 +235,10 @@ def check_readable(
     ------
     UnreadableImageError
         Message ``'<path>: <reason>'``; reasons: missing file, empty file (0 bytes), corrupt
-        gzip, not an image nibabel can read, header-only / truncated data, wrong dimensionality
-        for the modality, dwi volume count differing from the .bval/.bvec, no finite voxel
-        (all NaN), all voxels zero, non-finite or singular affine.
+        gzip, an uncompressed file named ``.gz``, not an image nibabel can read, header-only /
+        truncated data, wrong dimensionality for the modality, dwi volume count differing from
+        the .bval/.bvec, any non-finite voxel (NaN/inf), all voxels zero, an implausible
+        affine (non-finite, singular, sheared, voxel size out of range).
     """
     path = Path(path)
     family = _family(modality)
@@ -201,6 +251,8 @@ def check_readable(
     if path.stat().st_size == 0:
         fail('empty file (0 bytes)')
     gzipped = path.name.endswith('.gz')
+    if gzipped and (reason := _not_gzip(path)):
+        fail(reason)
     try:
         img = nib.load(path)
     except Exception as err:  # nibabel raises many types; each becomes a one-line reason
@@ -225,10 +277,8 @@ def check_readable(
         fail(f'truncated or unreadable image data ({msg})')
 
     affine = img.affine
-    if affine is None or not np.all(np.isfinite(affine)):
-        fail('non-finite affine (NaN or inf in the qform/sform)')
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        fail('singular affine (zero voxel size or degenerate orientation)')
+    if (reason := _orientation_problem(img)) is not None:
+        fail(reason)
 
     bvals = read_bvals(bval) if bval is not None else None
     bvecs = _read_bvecs(bvec) if bvec is not None else None
@@ -239,7 +289,12 @@ def check_readable(
         finite = np.isfinite(data)
         if not finite.any():
             fail('no finite voxel (all NaN/inf)')
-        if not np.any(data[finite]):
+        if not finite.all():
+            # registration and normalization cannot use them, and silently zeroing them
+            # would hide a broken conversion: the image is refused
+            n_bad = int(data.size - np.count_nonzero(finite))
+            fail(f'{n_bad} of {data.size} voxels are not finite (NaN/inf)')
+        if not np.any(data):
             fail('all voxels are zero')
     elif not np.any(data):
         fail('all voxels are zero')

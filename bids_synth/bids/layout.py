@@ -306,12 +306,17 @@ def collect_sessions(
 
     Raises
     ------
+    NoInputError
+        The dataset has no subject at all.
     NoMatchError
         Unknown participant or session labels, or a BIDS filter that matches no file.
     UsageError
         A ``bids_filters`` key that is not a modality.
     """
     subjects = sorted(layout.get_subjects())
+    if not subjects:
+        raise NoInputError(f'{layout.root}: no subjects (no sub-<label> folder with files '
+                           'bids_synth reads)')
     wanted = _strip(participant_labels, 'sub-')
     if wanted is not None:
         unknown = [lab for lab in wanted if lab not in subjects]

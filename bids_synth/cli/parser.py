@@ -19,15 +19,28 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 64) instead of exiting with status 2."""
 
     def error(self, message):  # noqa: D401
-        raise UsageError(f'{self.prog}: {message}')
+        # main() prints 'bids_synth: error: <message>': no second program-name prefix
+        raise UsageError(message)
 
 
 def _label(value: str) -> str:
+    """A BIDS label, without its ``sub-``/``ses-`` prefix.
+
+    >>> _label('sub-01'), _label('02')
+    ('01', '02')
+    >>> _label('01/02')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: invalid label '01/02': a BIDS label has only letters...
+    """
+    raw = value
     for prefix in ('sub-', 'ses-'):
         if value.startswith(prefix):
             value = value[len(prefix):]
-    if not value or not value.replace('-', '').isalnum():
-        raise argparse.ArgumentTypeError(f'invalid label {value!r}')
+    if not value or not value.isascii() or not value.isalnum():
+        raise argparse.ArgumentTypeError(
+            f'invalid label {raw!r}: a BIDS label has only letters and digits '
+            '(with an optional sub-/ses- prefix)'
+        )
     return value
 
 
@@ -116,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--unreadable-as-missing', action='store_true',
                    help='synthesize modalities whose file exists but cannot be read '
                    '(default: report them as errors and leave them alone)')
+    g.add_argument('--force', action='store_true',
+                   help='keep inputs that fail the registration QC (flagged in the sidecars) '
+                   'instead of treating them as unreadable')
 
     g = parser.add_argument_group('model and sampling')
     g.add_argument('--model', type=Path, metavar='DIR',

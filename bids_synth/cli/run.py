@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BIDSSynthError, EX_SOFTWARE, NoInputError
+from ..errors import EX_SOFTWARE, BIDSSynthError, DataError, NoInputError
 
 __all__ = ['main']
 
@@ -34,6 +34,10 @@ def _error(msg: str) -> None:
     print(f'bids_synth: error: {msg}', file=sys.stderr, flush=True)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return (and, as a console script, exit with) the exit code."""
     os.environ.setdefault('NIPYPE_NO_ET', '1')  # no telemetry ping: we run offline
@@ -41,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from .parser import parse_args
 
     verbose = 0
+    if argv is None:  # as a command: SIGTERM (kill, Slurm time-out) unwinds like Ctrl-C, so the
+        import signal  # atomic writers remove their temporary files
+
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         opts = parse_args(argv)
         verbose = opts.get('verbose', 0)
@@ -68,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config) -> int:
-    """Run a parsed configuration; return the exit code."""
-    from ..bids.clinical import load_clinical
-    from ..bids.derivatives import check_output_dirs
-    from ..bids.layout import collect_sessions, describe_inventory, load_layout
-    from ..bids.modalities import DEFAULT_TARGETS
-    from ..preprocessing.templates import ensure_templateflow_home
+    """Run a parsed configuration; return the exit code.
 
-    ex, wfc = config.execution, config.workflow
+    Everything is checked before anything is written: the output folders (not created yet), the
+    input's BIDS validity, every input image, the model (card, sha256, safetensors) and the
+    clinical table (against participants.json and the model card). Each problem is one error
+    line; the subjects and sessions it concerns are left out and the others run.
+    """
+    from ..bids.derivatives import check_output_dirs
+
+    ex = config.execution
     bids_dir = Path(ex.bids_dir)
     if not bids_dir.is_dir():
         raise NoInputError(f'{bids_dir}: input BIDS dataset not found')
@@ -83,9 +93,33 @@ def run(config) -> int:
         check_output_dirs(bids_dir, ex.output_dir, ex.work_dir)
     if not ex.skip_bids_validation:
         _validate_input(bids_dir)
+    plan = _plan(config)
+    if ex.dry_run:
+        from ..bids.layout import describe_inventory
+
+        print(describe_inventory(plan.inventories, plan.targets))
+        if plan.n_problems:
+            LOGGER.info('dry run: %d problem(s) (the error lines above)', plan.n_problems)
+        return DataError.exit_code if plan.n_problems else 0
+    return _run_planned(config, plan)
+
+
+class _Plan:
+    """What the checks decided: the sessions to process, the model, the problem count."""
+
+    def __init__(self, inventories, clinical, targets, model, card, n_problems):
+        self.inventories, self.clinical, self.targets = inventories, clinical, targets
+        self.model, self.card, self.n_problems = model, card, n_problems
+
+
+def _plan(config) -> _Plan:
+    from ..bids.clinical import load_clinical
+    from ..bids.layout import collect_sessions, load_layout
+    from ..bids.modalities import DEFAULT_TARGETS
+
+    ex, wfc = config.execution, config.workflow
     t0 = time.monotonic()
-    layout = load_layout(bids_dir, ex.bids_database_dir or None)
-    clinical = load_clinical(bids_dir, wfc.clinical_columns or None)
+    layout = load_layout(ex.bids_dir, ex.bids_database_dir or None)
     inventories = collect_sessions(
         layout,
         participant_labels=ex.participant_label or None,
@@ -93,29 +127,65 @@ def run(config) -> int:
         bids_filters=ex.bids_filters or None,
     )
     LOGGER.info('indexed %d session(s) in %.1f s', len(inventories), time.monotonic() - t0)
-    n_bad = 0
-    for problem in getattr(clinical, 'problems', []):
-        n_bad += 1
-        _error(problem)
-    for inv in inventories:
+    model = card = None
+    if ex.analysis_level == 'participant':
+        model, card = _resolve_model(config)  # card, sha256 and safetensors checked here
+    schema = (card or {}).get('clinical_schema') or None
+    clinical = load_clinical(ex.bids_dir, wfc.clinical_columns or None, schema=schema)
+    n_problems = 0
+    selected = {inv.subject for inv in inventories}
+    for (subject, _), lines in clinical.bad.items():
+        if subject in selected:
+            for line in lines:
+                n_problems += 1
+                _error(line)
+    for line in clinical.problems:  # rows that name no subject (an empty participant_id)
+        if not any(line in lines for lines in clinical.bad.values()):
+            n_problems += 1
+            _error(line)
+    kept = [inv for inv in inventories if not clinical.is_bad(inv.subject, inv.session)]
+    for inv in kept:
         for mod, reason in inv.unreadable.items():
-            n_bad += 1
-            _error(f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
-                   + ('synthesizing it as missing)' if ex.unreadable_as_missing
-                      else 'left alone, the other modalities and subjects go on)'))
+            line = f'{inv.files[mod].path}: {reason} ({inv.label}: {mod} is unreadable; '
+            if ex.unreadable_as_missing:  # asked for: a warning, not a problem
+                LOGGER.warning('%ssynthesizing it as missing)', line)
+                continue
+            n_problems += 1
+            _error(line + 'left alone, the other modalities and subjects go on)')
     targets = tuple(wfc.modalities) or DEFAULT_TARGETS
-    if ex.dry_run:
-        print(describe_inventory(inventories, targets))
-        return 0
-    ensure_templateflow_home()
-    if ex.analysis_level == 'group':
-        code = _run_group(config, inventories, clinical)
-    else:
-        code = _run_participant(config, inventories, clinical, targets)
-    if code == 0 and n_bad and not ex.unreadable_as_missing:
-        from ..errors import DataError
+    return _Plan(kept, clinical, targets, model, card, n_problems)
 
+
+def _run_planned(config, plan: _Plan) -> int:
+    from ..bids.derivatives import (
+        create_output_dirs, remove_created, remove_stale_temporaries,
+    )
+    from ..preprocessing.templates import ensure_templateflow_home
+
+    ex = config.execution
+    created = create_output_dirs(ex.output_dir, ex.work_dir)
+    for folder in (ex.output_dir, ex.work_dir):
+        for path in remove_stale_temporaries(folder):
+            LOGGER.info('removed %s (a temporary file left by an interrupted run)', path)
+    code, started = 1, False
+    try:
+        ensure_templateflow_home()
+        if ex.analysis_level == 'group':
+            code, started = _run_group(config, plan.inventories, plan.clinical)
+        else:
+            code, started = _run_participant(config, plan)
+    finally:
+        if not started:  # failed (or had nothing to do) before any work: no empty folders
+            remove_created(created)
+        if code != 0:
+            for folder in (ex.output_dir, ex.work_dir):
+                remove_stale_temporaries(folder)
+    n_problems = plan.n_problems + getattr(ex, 'runtime_problems', 0)
+    if code == 0 and n_problems:
         code = DataError.exit_code
+    if n_problems and code == DataError.exit_code:
+        LOGGER.info('finished with %d problem(s) (the error lines above); outputs of the other '
+                    'subjects and modalities in %s', n_problems, ex.output_dir)
     return code
 
 
@@ -136,7 +206,8 @@ def _validate_input(bids_dir: Path) -> None:
 
 
 def _resolve_model(config) -> tuple[str, dict]:
-    from ..models.checkpoint import read_card
+    """The model to use, checked: card, weights (not a pickle, sha256, safetensors)."""
+    from ..models.checkpoint import load_model, read_card
     from ..workflows.base import default_model_dir
 
     wfc = config.workflow
@@ -150,28 +221,33 @@ def _resolve_model(config) -> tuple[str, dict]:
                                                                 models / 'regression']
         path = next((c for c in candidates if (c / 'model_card.json').is_file()), None)
         if path is None:
-            if wfc.method == 'regression':
-                raise NoInputError(
-                    f'{models / "regression"}: no regression model; run the group level with '
-                    '--method regression first, or pass --model'
-                )
             path = default_model_dir()
+            if wfc.method and read_card(path)['method'] != wfc.method:
+                raise NoInputError(
+                    f'{models / wfc.method}: no {wfc.method} model, and the embedded default '
+                    f'is a {read_card(path)["method"]} model; run the group level with '
+                    f'--method {wfc.method} first, or pass --model'
+                )
+            LOGGER.info('no %s model under %s: using the embedded default',
+                        wfc.method or 'group-level', models)
     card = read_card(path)
     if wfc.method and card['method'] != wfc.method:
         from ..errors import UsageError
 
         raise UsageError(f'{path}: a {card["method"]} model, but --method {wfc.method}')
+    load_model(path)  # raises ModelError (65) for a pickle, a sha256 mismatch, bad safetensors
     wfc.method = card['method']
     LOGGER.info('model: %s (%s, %s)', path, card['method'], card.get('name'))
     return str(path), card
 
 
-def _run_participant(config, inventories, clinical, targets) -> int:
+def _run_participant(config, plan: _Plan) -> tuple[int, bool]:
+    """Build and run the participant graph; ``(exit code, whether work started)``."""
     from ..bids.derivatives import write_bidsignore, write_dataset_description
     from ..workflows.base import init_bids_synth_wf
 
     ex = config.execution
-    model, card = _resolve_model(config)
+    model, card, targets = plan.model, plan.card, plan.targets
     known = set(card['modalities'])
 
     def targets_of(inv):
@@ -183,19 +259,19 @@ def _run_participant(config, inventories, clinical, targets) -> int:
     unknown = [t for t in targets if t not in known]
     if config.workflow.modalities and unknown:
         LOGGER.warning('the model cannot synthesize %s; skipped', ', '.join(unknown))
+    todo = [inv for inv in plan.inventories if targets_of(inv) and inv.reference is not None]
+    if not todo:
+        LOGGER.info('nothing to synthesize: every selected session has its target modalities')
+        return 0, False
     out = Path(ex.output_dir)
     write_dataset_description(out, ex.bids_dir, version=__version__)
     write_bidsignore(out)
-    todo = [inv for inv in inventories if targets_of(inv) and inv.reference is not None]
-    if not todo:
-        LOGGER.info('nothing to synthesize: every selected session has its target modalities')
-        return 0
     for inv in todo:
         LOGGER.info('%s: synthesizing %s from %s', inv.label, ', '.join(targets_of(inv)),
                     ', '.join(m for m in inv.available if m in known) or 'clinical data only')
-    wf = init_bids_synth_wf(config, todo, clinical, model=model, model_card=card,
+    wf = init_bids_synth_wf(config, todo, plan.clinical, model=model, model_card=card,
                             targets_of=targets_of)
-    return _execute(config, wf)
+    return _execute(config, wf), True
 
 
 def _group_base(wfc) -> tuple[Path | None, dict | None]:
@@ -209,7 +285,7 @@ def _group_base(wfc) -> tuple[Path | None, dict | None]:
     return path, read_card(path)
 
 
-def _run_group(config, inventories, clinical) -> int:
+def _run_group(config, inventories, clinical) -> tuple[int, bool]:
     from ..bids.derivatives import write_bidsignore, write_dataset_description
     from ..bids.modalities import DEFAULT_TARGETS
     from ..reports.core import group_report
@@ -234,17 +310,17 @@ def _run_group(config, inventories, clinical) -> int:
     if method == 'regression':
         init_from = None  # a ridge is refitted on this dataset (it has nothing to fine-tune)
     out = Path(ex.output_dir)
-    write_dataset_description(out, ex.bids_dir, version=__version__)
-    write_bidsignore(out)
     model_dir = out / 'models' / method
     usable = [inv for inv in inventories if inv.available]
     wf = init_group_wf(config, usable, clinical, method=method, modalities=modalities, res=res,
                        model_dir=model_dir, init_from=str(init_from) if init_from else None)
+    write_dataset_description(out, ex.bids_dir, version=__version__)
+    write_bidsignore(out)
     code = _execute(config, wf)
     if code == 0:
         report = group_report(out, model_dir)
         LOGGER.info('model written to %s; report %s', model_dir, report)
-    return code
+    return code, True
 
 
 def _execute(config, wf) -> int:
@@ -265,7 +341,9 @@ def _execute(config, wf) -> int:
         'poll_sleep_duration': 0.5 if nip.plugin == 'MultiProc' else 2,
     }
     ncfg.update_config({'execution': exec_cfg, 'monitoring': {'enabled': False}})
-    level = 'INFO' if ex.verbose else 'WARNING'
+    # without -v, nipype logs nothing (its crash reports carry tracebacks): each crash becomes
+    # one line of ours below, with the crash file named
+    level = 'INFO' if ex.verbose else 'CRITICAL'
     for name in ('nipype.workflow', 'nipype.interface', 'nipype.utils'):
         ncfg.set('logging', name.split('.')[1] + '_level', level)
     nlogging.update_logging(ncfg)
@@ -292,15 +370,44 @@ def _execute(config, wf) -> int:
         wf.run(plugin=nip.plugin, plugin_args=plugin_args)
     except RuntimeError as exc:
         crashes = sorted(logdir.glob('crash-*.txt'))
+        data_errors = 0
         for crash in crashes:
-            _error(f'{_crash_summary(crash)} (details: {crash})')
+            data_error = _crash_data_error(crash)
+            if data_error:  # bad input found while running (registration QC): one plain line
+                data_errors += 1
+                _error(data_error)
+            else:
+                _error(f'{_crash_summary(crash)} (details: {crash})')
         if not crashes:
             _error(f'the workflow failed: {exc}')
+        config.execution.runtime_problems = len(crashes) or 1
+        if crashes and data_errors == len(crashes):
+            return DataError.exit_code
+        LOGGER.info('finished in %.1f s with %d failed node(s) (the error lines above); '
+                    'outputs of the other subjects in %s', time.monotonic() - t0,
+                    len(crashes) or 1, ex.output_dir)
         return EX_SOFTWARE
     finally:
         gc.unfreeze()  # an in-process caller (tests, notebooks) gets a normal collector back
     LOGGER.info('finished in %.1f s; outputs in %s', time.monotonic() - t0, ex.output_dir)
     return 0
+
+
+def _crash_data_error(crash: Path) -> str | None:
+    """The message of a bids_synth data error (exit 65) a node raised, or ``None``."""
+    import re
+
+    text = crash.read_text(errors='replace')
+    found = re.findall(r'bids_synth\.errors\.(\w+): (.+)', text)
+    if not found:
+        return None
+    from .. import errors
+
+    name, message = found[-1]
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.DataError):
+        return message.strip()
+    return None
 
 
 def _crash_summary(crash: Path) -> str:

@@ -21,11 +21,14 @@ class _ConformInputInputSpec(BaseInterfaceInputSpec):
     metadata = traits.Dict(desc='BIDS sidecar metadata (dwi: bval/bvec paths)')
     res = traits.Int(2, usevalue=True, desc='template resolution (mm) of the model grid')
     omp_nthreads = traits.Int(1, usevalue=True, desc='threads for registration')
+    force = traits.Bool(False, usevalue=True,
+                        desc='keep a registration that fails the QC (flagged)')
 
 
 class _ConformInputOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc='representation on the model grid (4D, channels last)')
-    transform = File(exists=True, desc='native -> template transform (ANTs)')
+    transform = File(exists=True, desc='native -> template transform (ANTs); its JSON sidecar '
+                     'holds the registration QC')
     native_reference = File(exists=True, desc='native-space 3D reference image')
 
 
@@ -47,6 +50,7 @@ class ConformInput(SimpleInterface):
             runtime.cwd,
             metadata=dict(self.inputs.metadata),
             omp_nthreads=self.inputs.omp_nthreads,
+            force=self.inputs.force,
         )
         out_file = os.path.join(runtime.cwd, f'{self.inputs.modality}_conformed.nii.gz')
         save_conformed(result, out_file, template)

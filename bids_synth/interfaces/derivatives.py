@@ -15,7 +15,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-__all__ = ['SynthDerivatives', 'write_synth_outputs', 'NOMINAL_BOLD_TR']
+__all__ = ['SynthDerivatives', 'write_synth_outputs', 'registration_qc', 'NOMINAL_BOLD_TR']
 
 #: Repetition time written into synthesized bold headers and sidecars: the volumes are
 #: segment means (model representation), not time points, so the value is nominal.
@@ -40,6 +40,8 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
     source_files = traits.List(traits.Str, desc='raw inputs given to the model')
     source_metadata = traits.Dict(desc='modality -> sidecar metadata of the inputs')
     reference_file = traits.Str(mandatory=True, desc='raw native reference image')
+    transforms = traits.List(traits.Str, desc='native->template transforms of the inputs '
+                             '(their JSON sidecars hold the registration QC)')
 
 
 class _SynthDerivativesOutputSpec(TraitedSpec):
@@ -56,6 +58,10 @@ class SynthDerivatives(SimpleInterface):
     def _run_interface(self, runtime):
         with open(self.inputs.provenance) as f:
             prov = json.load(f)
+        qc = registration_qc(self.inputs.transforms if isdefined(self.inputs.transforms)
+                             else [])
+        if qc:
+            prov['registration_qc'] = qc
         record = write_synth_outputs(
             output_dir=self.inputs.output_dir,
             bids_dir=self.inputs.bids_dir,
@@ -80,6 +86,20 @@ class SynthDerivatives(SimpleInterface):
         self._results['out_files'] = sorted(record['files'].values())
         self._results['out_record'] = out_record
         return runtime
+
+
+def registration_qc(transforms) -> dict:
+    """Modality -> registration QC (:class:`~bids_synth.preprocessing.qc.RegistrationQC`)
+    from the transforms' JSON sidecars; an input kept with ``--force`` has ``forced: true``."""
+    out = {}
+    for path in transforms:
+        try:
+            info = json.loads(Path(f'{path}.json').read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get('qc'):
+            out[info.get('modality', Path(path).name)] = info['qc']
+    return out
 
 
 def _opt(value):
@@ -162,6 +182,11 @@ def write_synth_outputs(
         'Sources': sources,
         'SkullStripped': True,
     }
+    forced = sorted(m for m, q in provenance.get('registration_qc', {}).items()
+                    if q.get('forced'))
+    if forced:
+        base['Description'] += (f' WARNING: {", ".join(forced)} failed the registration QC and '
+                                'was kept with --force (see bids_synth.registration_qc).')
     record = {'subject': subject, 'session': session, 'target': target, 'files': {},
               'source_files': [p for p in source_files], 'provenance': provenance}
     jobs = [(k, images.get(k), 'synthstd' if k.endswith('std') else 'synth')

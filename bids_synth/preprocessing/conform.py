@@ -13,6 +13,7 @@ sidecar, so Nipype nodes pass file names (:meth:`Transform.from_path`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +23,11 @@ import nibabel as nib
 import numpy as np
 
 from ..bids.modalities import MODALITIES
-from ..errors import DataError
+from ..errors import DataError, RegistrationQCError
 from .derived import representation_native
 from .intensity import normalize
+from .qc import ORIENTATION_CANDIDATES, RegistrationQC, candidate_transform, threshold_for
+from .qc import similarity as _similarity
 
 __all__ = [
     'Transform',
@@ -37,6 +40,8 @@ __all__ = [
     'save_conformed',
     'load_conformed',
 ]
+
+LOGGER = logging.getLogger('bids_synth.preprocessing.conform')
 
 #: ants ``type_of_transform`` per stage (rigid, then affine initialized by the rigid result).
 STAGES = ('Rigid', 'Affine')
@@ -87,6 +92,7 @@ class Transform:
     modality: str
     fixed: str
     seconds: float = 0.0
+    qc: dict | None = None
 
     def save(self) -> str:
         """Write the JSON sidecar; return the ``.mat`` path (what Nipype nodes pass on)."""
@@ -181,7 +187,7 @@ def fixed_image(template, modality: str) -> np.ndarray:
 
 def _write(img: nib.Nifti1Image, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name('.tmp-' + path.name)
+    tmp = path.with_name(f'.tmp-{os.getpid()}-' + path.name)  # pid: resume cleans it
     nib.save(img, tmp)
     os.replace(tmp, path)
     return str(path)
@@ -194,10 +200,27 @@ def _fixed_file(template, key: str, work_dir: Path) -> str:
     return str(path)
 
 
+def _register(fixed, moving, prefix: str, res, initial: str | None) -> str:
+    """Rigid then affine antsRegistration; the affine ``.mat`` (initial transform composed)."""
+    import ants
+
+    rigid = ants.registration(fixed, moving, type_of_transform=STAGES[0],
+                              initial_transform=initial, outprefix=prefix + 'rigid_',
+                              **_AFF_KW, **_pyramid(int(res), True))
+    affine = ants.registration(fixed, moving, type_of_transform=STAGES[1],
+                               initial_transform=rigid['fwdtransforms'][0],
+                               outprefix=prefix + 'affine_',
+                               **_AFF_KW, **_pyramid(int(res), False))
+    if len(affine['fwdtransforms']) != 1:
+        raise RuntimeError(f'expected one affine transform, got {affine["fwdtransforms"]}')
+    return affine['fwdtransforms'][-1]
+
+
 def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, template, *,
                          modality: str | None = None, modality_family: str | None = None,
                          omp_nthreads: int = 1, work_dir: str | os.PathLike,
-                         name: str = 'reference', seed: int | None = 20240) -> Transform:
+                         name: str = 'reference', seed: int | None = 20240, qc: bool = True,
+                         force: bool = False) -> Transform:
     """Affine registration of a 3D native image to the template (antspyx).
 
     Parameters
@@ -217,6 +240,12 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     seed : int or None
         Seed of the metric's random sampling (``antsRegistration --random-seed``), so re-runs
         give the same transform up to multi-threaded summation order; None: unseeded.
+    qc : bool
+        Registration QC (:mod:`.qc`): measure the similarity to the target, try the
+        orientation candidates when it is below the threshold, keep the best; recorded in
+        ``Transform.qc``.
+    force : bool
+        Keep a registration that fails the QC (flagged ``forced`` in ``Transform.qc``).
 
     Returns
     -------
@@ -226,6 +255,8 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
     ------
     DataError
         If ANTs fails or returns a degenerate transform; the message names the input.
+    RegistrationQCError
+        No orientation candidate passes the QC (and not ``force``).
     """
     import ants
 
@@ -242,6 +273,10 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
         src = label = str(reference_img)
     fixed_path = _fixed_file(template, key, work_dir)
     out = work_dir / f'{name}_to-{template.name}_res-{template.res}_affine.mat'
+    prefix = str(work_dir / f'{name}_ants_')
+    threshold = threshold_for(modality or key)
+    tried: dict[str, float] = {}
+    best: tuple[str, str, float] | None = None
     t0 = time.perf_counter()
     try:
         fixed = ants.image_read(fixed_path)
@@ -250,24 +285,43 @@ def register_to_template(reference_img: nib.Nifti1Image | str | os.PathLike, tem
             # registration works in physical space: a grid near the template's is enough
             moving = ants.resample_image(moving, (float(template.res),) * 3, use_voxels=False,
                                          interp_type=0)
-        prefix = str(work_dir / f'{name}_ants_')
-        rigid = ants.registration(fixed, moving, type_of_transform=STAGES[0],
-                                  outprefix=prefix + 'rigid_',
-                                  **_AFF_KW, **_pyramid(int(template.res), True))
-        affine = ants.registration(fixed, moving, type_of_transform=STAGES[1],
-                                   initial_transform=rigid['fwdtransforms'][0],
-                                   outprefix=prefix + 'affine_',
-                                   **_AFF_KW, **_pyramid(int(template.res), False))
-        mat = affine['fwdtransforms'][-1]
-        if len(affine['fwdtransforms']) != 1:
-            raise RuntimeError(f'expected one affine transform, got {affine["fwdtransforms"]}')
+        for cand in ORIENTATION_CANDIDATES if qc else ('identity',):
+            init = None
+            if cand != 'identity':
+                init = candidate_transform(cand, fixed, moving, f'{prefix}{cand}_init.mat')
+            mat = _register(fixed, moving, f'{prefix}{cand}_', template.res, init)
+            sim = _similarity(src, mat, fixed_path, template) if qc else float('nan')
+            tried[cand] = sim
+            if best is None or sim > best[2]:
+                best = (cand, mat, sim)
+            if not qc or sim >= threshold:
+                break  # the careful path: only a failing registration tries the others
+        cand, mat, sim = best
         os.replace(mat, out)
     except DataError:
         raise
     except Exception as exc:  # ANTs raises RuntimeError/ValueError with C++ messages
         raise DataError(f'{label}: registration to {template.name} failed: {exc}') from exc
+    report = None
+    if qc:
+        report = RegistrationQC(similarity=sim, threshold=threshold, orientation=cand,
+                                tried=tried)
+        if not report.passed:
+            if not force:
+                raise RegistrationQCError(
+                    f'{label}: registration QC failed: similarity to {template.name} '
+                    f'{sim:.2f} < {threshold} (orientations tried: '
+                    + ', '.join(f'{k} {v:.2f}' for k, v in tried.items())
+                    + '); treated as unreadable (--force keeps it, flagged)'
+                )
+            report.forced = True
+        if cand != 'identity':
+            LOGGER.warning('%s: registered only from a 180-degree turned start (%s, similarity '
+                           '%.2f, %.2f as given): check the orientation of its header', label,
+                           cand, sim, tried['identity'])
     tx = Transform(path=str(out), template=template.name, res=int(template.res),
-                   modality=modality or key, fixed=fixed_path, seconds=time.perf_counter() - t0)
+                   modality=modality or key, fixed=fixed_path, seconds=time.perf_counter() - t0,
+                   qc=report.to_dict() if report else None)
     det = float(np.linalg.det(tx.matrix()))
     if not np.isfinite(det) or not 0.2 < abs(det) < 5.0:
         raise DataError(f'{label}: registration to {template.name} failed: degenerate affine '
@@ -302,7 +356,8 @@ def apply_to_template(img: nib.Nifti1Image, template, transform: Transform, *,
 
 
 def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str | os.PathLike,
-            metadata: dict | None = None, omp_nthreads: int = 1) -> ConformResult:
+            metadata: dict | None = None, omp_nthreads: int = 1,
+            force: bool = False) -> ConformResult:
     """Native image -> normalized model representation on the template grid.
 
     Parameters
@@ -317,6 +372,8 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
     metadata : dict, optional
         BIDS sidecar (``bval``/``bvec`` gradient file paths for dwi).
     omp_nthreads : int
+    force : bool
+        Keep a registration that fails the QC (flagged in ``transform.qc``).
 
     Returns
     -------
@@ -328,9 +385,10 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
     ref_path = _write(reference, work_dir / 'native_reference.nii.gz')
     try:
         transform = register_to_template(ref_path, template, modality=modality,
-                                         omp_nthreads=omp_nthreads, work_dir=work_dir)
-    except DataError as exc:
-        raise DataError(str(exc).replace(ref_path, str(in_file))) from exc
+                                         omp_nthreads=omp_nthreads, work_dir=work_dir,
+                                         force=force)
+    except DataError as exc:  # name the raw file, not the work copy
+        raise type(exc)(str(exc).replace(ref_path, str(in_file))) from exc
     array = apply_to_template(channels, template, transform)
     try:
         array = normalize(array, modality, template)

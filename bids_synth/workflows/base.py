@@ -101,6 +101,7 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             bids_dir=config.execution.bids_dir,
             output_dir=config.execution.output_dir,
             omp_nthreads=config.nipype.omp_nthreads,
+            force=config.execution.force,
         )
         entries.append((inv, ses_wf, targets))
     if not entries:
@@ -151,6 +152,7 @@ def init_session_synth_wf(
     write_samples=False,
     output_dir,
     omp_nthreads=1,
+    force=False,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
@@ -171,10 +173,14 @@ def init_session_synth_wf(
         f = inv.files[mod]
         node = pe.Node(
             ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
-                         omp_nthreads=omp_nthreads),
+                         omp_nthreads=omp_nthreads, force=force),
             name=f'conform_{mod}', n_procs=omp_nthreads,
         )
         conform_nodes[mod] = node
+    # every transform (its sidecar has the registration QC) goes to the sidecars and report
+    merge_qc = pe.Node(niu.Merge(len(conform_nodes)), name='merge_qc')
+    for i, node in enumerate(conform_nodes.values(), start=1):
+        wf.connect([(node, merge_qc, [('transform', f'in{i}')])])  # fmt:skip
     merge_inputs = pe.Node(niu.Merge(max(1, len(inputs))), name='merge_inputs')
     for i, mod in enumerate(inputs, start=1):
         wf.connect([(conform_nodes[mod], merge_inputs, [('out_file', f'in{i}')])])  # fmt:skip
@@ -212,6 +218,7 @@ def init_session_synth_wf(
             (conform_nodes[ref.modality], native, [('transform', 'transform'),
                                                    ('native_reference', 'native_reference')]),
             (synth, ds, [('out_file', 'template_file'), ('provenance', 'provenance')]),
+            (merge_qc, ds, [('out', 'transforms')]),
             (native, ds, [('out_file', 'native_file')]),
             (ds, outputnode, [('out_record', target)]),
         ])  # fmt:skip
@@ -243,7 +250,8 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             f = inv.files[mod]
             node = pe.Node(
                 ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
-                             omp_nthreads=config.nipype.omp_nthreads),
+                             omp_nthreads=config.nipype.omp_nthreads,
+                             force=config.execution.force),
                 name=f'conform_{_safe(key)}_{mod}', n_procs=config.nipype.omp_nthreads,
             )
             conform.append(node)
