@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from nipype.interfaces.base import (
@@ -21,12 +22,16 @@ class _ConformInputInputSpec(BaseInterfaceInputSpec):
     metadata = traits.Dict(desc='BIDS sidecar metadata (dwi: bval/bvec paths)')
     res = traits.Int(2, usevalue=True, desc='template resolution (mm) of the model grid')
     omp_nthreads = traits.Int(1, usevalue=True, desc='threads for registration')
+    skull_strip = traits.Enum('auto', 'force', 'skip', usevalue=True,
+                              desc='sMRI: N4 + deepbet brain extraction of skull-on inputs')
+    precomputed = traits.Dict(desc='fMRIPrep/sMRIPrep outputs of this T1w (no registration)')
 
 
 class _ConformInputOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc='representation on the model grid (4D, channels last)')
     transform = File(exists=True, desc='native -> template transform (ANTs)')
     native_reference = File(exists=True, desc='native-space 3D reference image')
+    brain_report = File(exists=True, desc='JSON: skull-stripping / precomputed inputs record')
 
 
 class ConformInput(SimpleInterface):
@@ -47,12 +52,20 @@ class ConformInput(SimpleInterface):
             runtime.cwd,
             metadata=dict(self.inputs.metadata),
             omp_nthreads=self.inputs.omp_nthreads,
+            skull_strip=self.inputs.skull_strip,
+            precomputed=dict(self.inputs.precomputed) or None,
         )
         out_file = os.path.join(runtime.cwd, f'{self.inputs.modality}_conformed.nii.gz')
         save_conformed(result, out_file, template)
         self._results['out_file'] = out_file
         self._results['transform'] = str(result.transform.path)
         self._results['native_reference'] = str(result.native_reference)
+        report = os.path.join(runtime.cwd, f'{self.inputs.modality}_brain.json')
+        with open(report, 'w') as f:
+            json.dump({'modality': self.inputs.modality, 'in_file': str(self.inputs.in_file),
+                       'transform_source': result.transform.source,
+                       **(result.brain or {'SkullStripped': None})}, f, indent=2)
+        self._results['brain_report'] = report
         return runtime
 
 
