@@ -81,6 +81,7 @@ def run(config) -> int:
         raise NoInputError(f'{bids_dir}: input BIDS dataset not found')
     if not ex.dry_run:
         check_output_dirs(bids_dir, ex.output_dir, ex.work_dir)
+    _check_fmriprep_options(config)
     if not ex.skip_bids_validation:
         _validate_input(bids_dir)
     t0 = time.monotonic()
@@ -112,11 +113,40 @@ def run(config) -> int:
         code = _run_group(config, inventories, clinical)
     else:
         code = _run_participant(config, inventories, clinical, targets)
+        if code == 0 and ex.complete_dataset:
+            from ..bids.completed import write_completed_dataset
+
+            added = write_completed_dataset(bids_dir, ex.output_dir, ex.complete_dataset,
+                                            version=__version__)
+            LOGGER.info('completed dataset %s: %d synthesized scan(s) added (rec-synth)',
+                        ex.complete_dataset, len(added))
     if code == 0 and n_bad and not ex.unreadable_as_missing:
         from ..errors import DataError
 
         code = DataError.exit_code
     return code
+
+
+def _check_fmriprep_options(config) -> None:
+    """``--derivatives`` folders exist; ``--complete-dataset`` is neither the input nor the
+    output, and is refused at the group level."""
+    from ..errors import NoInputError, UsageError
+
+    ex = config.execution
+    for folder in ex.derivatives:
+        if not Path(folder).is_dir():
+            raise NoInputError(f'{folder}: --derivatives folder not found')
+    if not ex.complete_dataset:
+        return
+    if ex.analysis_level != 'participant':
+        raise UsageError('--complete-dataset is a participant-level option')
+    dest = Path(ex.complete_dataset).resolve()
+    if dest == Path(ex.output_dir).resolve():
+        raise UsageError(f'{dest}: --complete-dataset must differ from the output folder')
+    if not ex.dry_run:
+        from ..bids.derivatives import check_output_dirs
+
+        check_output_dirs(ex.bids_dir, dest)
 
 
 def _validate_input(bids_dir: Path) -> None:

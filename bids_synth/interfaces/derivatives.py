@@ -39,6 +39,8 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
     source_files = traits.List(traits.Str, desc='raw inputs given to the model')
     source_metadata = traits.Dict(desc='modality -> sidecar metadata of the inputs')
     reference_file = traits.Str(mandatory=True, desc='raw native reference image')
+    brain_reports = traits.List(File(exists=True), desc='JSON records of the conform nodes '
+                                '(skull stripping, N4, precomputed fMRIPrep inputs)')
 
 
 class _SynthDerivativesOutputSpec(TraitedSpec):
@@ -71,6 +73,7 @@ class SynthDerivatives(SimpleInterface):
             provenance=prov,
             source_files=list(self.inputs.source_files),
             reference_file=self.inputs.reference_file,
+            preprocessing=_read_reports(self.inputs.brain_reports),
         )
         out_record = os.path.join(runtime.cwd, 'record.json')
         with open(out_record, 'w') as f:
@@ -78,6 +81,16 @@ class SynthDerivatives(SimpleInterface):
         self._results['out_files'] = sorted(record['files'].values())
         self._results['out_record'] = out_record
         return runtime
+
+
+def _read_reports(paths) -> dict:
+    """modality -> conform record (what was done to each input before registration)."""
+    out = {}
+    for path in paths if isdefined(paths) else []:
+        with open(path) as f:
+            rec = json.load(f)
+        out[rec.pop('modality')] = rec
+    return out
 
 
 def _opt(value):
@@ -125,7 +138,7 @@ def _set_tr(img, tr: float):
 
 def write_synth_outputs(
     *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
-    reference_file,
+    reference_file, preprocessing=None,
 ) -> dict:
     """Write every file of one synthesized modality; return the record (paths relative)."""
     import nibabel as nib
@@ -187,6 +200,8 @@ def write_synth_outputs(
         if mod.family == 'dmri':
             side['VolumeContents'] = [c for c in mod.channels if c == 'b0' or c.startswith('seg')]
         side['bids_synth'] = dict(provenance, space=space or 'native', output=kind)
+        if preprocessing:  # per input: SkullStripped as found, N4, brain extraction, xfm source
+            side['bids_synth']['preprocessing'] = preprocessing
         path = derivative_path(out, subject=subject, session=session, modality=target,
                                space=space, res=res if space else None, desc=desc)
         write_nifti_atomic(main, path)

@@ -93,6 +93,8 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             bids_dir=config.execution.bids_dir,
             output_dir=config.execution.output_dir,
             omp_nthreads=config.nipype.omp_nthreads,
+            skull_strip=config.workflow.skull_strip,
+            precomputed=_precomputed(config, inv),
         )
         entries.append((inv, ses_wf, targets))
     if not entries:
@@ -131,9 +133,14 @@ def init_session_synth_wf(
     bids_dir,
     output_dir,
     omp_nthreads=1,
+    skull_strip='auto',
+    precomputed=None,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
+
+    ``skull_strip`` goes to every sMRI conform node; ``precomputed`` (fMRIPrep/sMRIPrep outputs,
+    :func:`~bids_synth.preprocessing.precomputed.find_precomputed`) to the T1w's.
 
     Outputs
     -------
@@ -151,13 +158,17 @@ def init_session_synth_wf(
         f = inv.files[mod]
         node = pe.Node(
             ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
-                         omp_nthreads=omp_nthreads),
+                         omp_nthreads=omp_nthreads, skull_strip=skull_strip,
+                         precomputed=_plain(precomputed or {}) if mod == 'T1w' else {}),
             name=f'conform_{mod}', n_procs=omp_nthreads,
         )
         conform_nodes[mod] = node
     merge_inputs = pe.Node(niu.Merge(max(1, len(inputs))), name='merge_inputs')
     for i, mod in enumerate(inputs, start=1):
         wf.connect([(conform_nodes[mod], merge_inputs, [('out_file', f'in{i}')])])  # fmt:skip
+    merge_brain = pe.Node(niu.Merge(len(conform_nodes)), name='merge_brain')
+    for i, node in enumerate(conform_nodes.values(), start=1):
+        wf.connect([(node, merge_brain, [('brain_report', f'in{i}')])])  # fmt:skip
 
     use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
     for target in targets:
@@ -192,6 +203,7 @@ def init_session_synth_wf(
                                                    ('native_reference', 'native_reference')]),
             (synth, ds, [('out_file', 'template_file'), ('provenance', 'provenance')]),
             (native, ds, [('out_file', 'native_file')]),
+            (merge_brain, ds, [('out', 'brain_reports')]),
             (ds, outputnode, [('out_record', target)]),
         ])  # fmt:skip
         if num_samples > 1:
@@ -220,7 +232,10 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             f = inv.files[mod]
             node = pe.Node(
                 ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
-                             omp_nthreads=config.nipype.omp_nthreads),
+                             omp_nthreads=config.nipype.omp_nthreads,
+                             skull_strip=config.workflow.skull_strip,
+                             precomputed=_plain(_precomputed(config, inv) or {})
+                             if mod == 'T1w' else {}),
                 name=f'conform_{_safe(key)}_{mod}', n_procs=config.nipype.omp_nthreads,
             )
             conform.append(node)
@@ -246,6 +261,16 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
     )
     wf.connect([(merge, fit, [('out', 'in_files')])])  # fmt:skip
     return wf
+
+
+def _precomputed(config, inv) -> dict | None:
+    """fMRIPrep/sMRIPrep outputs of a session's T1w (``--derivatives``), or None."""
+    derivatives = getattr(config.execution, 'derivatives', None)
+    if not derivatives or 'T1w' not in inv.available:
+        return None
+    from ..preprocessing.precomputed import find_precomputed
+
+    return find_precomputed(derivatives, inv.subject, inv.session)
 
 
 def _plain(obj):
