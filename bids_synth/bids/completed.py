@@ -51,18 +51,23 @@ def raw_name(derivative_name: str) -> str | None:
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
+    """Hard link (else copy) ``src`` to ``dest``; safe when Slurm array tasks race on it."""
     if dest.exists():
         try:
             if os.path.samefile(src, dest):
                 return
         except OSError:
             pass
-        dest.unlink()
+        dest.unlink(missing_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+    except FileExistsError:  # another task linked it meanwhile
+        pass
+    except OSError:  # another file system: copy through a temporary name
+        tmp = dest.with_name(f'.{dest.name}.{os.getpid()}.tmp')
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
 
 
 def _acquired(anat: Path, synth_raw: str) -> bool:
@@ -81,6 +86,9 @@ def write_completed_dataset(bids_dir: str | os.PathLike, output_dir: str | os.Pa
     """Write the completed dataset into ``dest``; return the synthesized files added (relative).
 
     Idempotent: a rerun refreshes links and synthesized files and rewrites the description.
+    Array jobs (one participant each) may share ``dest``: each links what is missing and lists
+    every synthesized file found in ``output_dir`` so far, so the last task to finish writes
+    the complete list.
     """
     bids_dir, output_dir, dest = Path(bids_dir), Path(output_dir), Path(dest)
     for dirpath, dirnames, filenames in os.walk(bids_dir):
@@ -101,7 +109,9 @@ def write_completed_dataset(bids_dir: str | os.PathLike, output_dir: str | os.Pa
             continue
         target = dest / rel_dir / new
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        tmp = target.with_name(f'.{new}.{os.getpid()}.tmp')
+        shutil.copy2(path, tmp)
+        os.replace(tmp, target)
         side = path.with_name(path.name.replace('.nii.gz', '.json'))
         meta = json.loads(side.read_text()) if side.is_file() else {}
         meta['Description'] = ('SYNTHESIZED, not acquired (rec-synth): '
