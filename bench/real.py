@@ -7,7 +7,8 @@ Everything runs on copies in a temporary folder (../shared is read-only):
    embedded default model (``--model default``): exit code, wall time, and per conform node
    the registration quality (normalized mutual information, Studholme's (H(A)+H(B))/H(A,B),
    32 bins, and Pearson correlation, between the conformed image and the registration target,
-   inside the template brain mask), what brain extraction did (SkullStripped detected, deepbet
+   inside the template brain mask; for scale, the NMI of the same image shifted by 8 mm; the
+   correlation means little across contrasts, e.g. an EPI against the pseudo-T2 target), what brain extraction did (SkullStripped detected, deepbet
    mask volume), the node's run time.
 2. ``removed``: sub-ms07 without its T2w, sub-ms07 without its FLAIR (as two subjects), and
    sub-ixi002 without its T2w; the native-space synthesized image against the real one, inside
@@ -42,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = (ROOT / '..' / 'shared' / 'realdata').resolve()
 
 
+def _rel(path: Path) -> str:
+    return os.path.relpath(path, ROOT) if str(path).startswith(str(ROOT)) else str(path)
+
+
 def nmi(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 32) -> float:
     """Studholme's normalized mutual information (1: independent, 2: identical)."""
     h, _, _ = np.histogram2d(a[mask], b[mask], bins=bins)
@@ -54,6 +59,12 @@ def nmi(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 32) -> float
     return (ent(p.sum(0)) + ent(p.sum(1))) / ent(p)
 
 
+def _shift(a: np.ndarray, vox: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.shift(a, (vox, vox, 0), order=1)
+
+
 def _corr(a, b, mask) -> float:
     return float(np.corrcoef(a[mask], b[mask])[0, 1])
 
@@ -61,6 +72,8 @@ def _corr(a, b, mask) -> float:
 def copy_subjects(dst: Path, plan: dict[str, tuple[str, tuple[str, ...]]]) -> Path:
     """A BIDS copy: ``{new_label: (source_label, suffixes_to_drop)}``."""
     src = REAL / 'bids'
+    if (dst / 'participants.tsv').is_file():  # --keep folder of an earlier run: reuse (cached)
+        return dst
     dst.mkdir(parents=True)
     for name in ('dataset_description.json', 'README', 'participants.json'):
         if (src / name).is_file():
@@ -115,6 +128,8 @@ def conform_nodes(work: Path) -> list[dict]:
             'template': f'{tx["template"]} res-{tx["res"]}', 'transform': rec['transform_source'],
             'registration_seconds': round(tx.get('seconds', 0.0), 1),
             'nmi': round(nmi(moved, fixed, mask), 4), 'corr': round(_corr(moved, fixed, mask), 4),
+            # the same image misplaced by 8 mm (x and y), for scale
+            'nmi_misaligned_8mm': round(nmi(_shift(moved, 8.0 / tx['res']), fixed, mask), 4),
             'SkullStripped_input': rec.get('SkullStripped'),
             'brain_extraction': rec.get('brain_extraction'), 'n4': rec.get('n4'),
             'mask_ml': rec.get('mask_ml'), 'detection': rec.get('detection'),
@@ -162,7 +177,7 @@ def align_to(moving: Path, fixed: Path, work: Path) -> np.ndarray:
 
     f, m = ants.image_read(str(fixed)), ants.image_read(str(moving))
     reg = ants.registration(f, m, type_of_transform='Rigid', outprefix=str(work / 'align_'))
-    return reg['warpedmovimg'].numpy().astype(np.float32)
+    return reg['warpedmovout'].numpy().astype(np.float32)
 
 
 def removed_comparisons(tmp: Path) -> dict:
@@ -225,8 +240,25 @@ def bold_reference_extraction(tmp: Path, mosaic: Path | None) -> dict:
                                  title='sub-forrest02 bold reference: deepbet mask')
         disp.savefig(str(mosaic))
         disp.close()
-        out['mosaic'] = str(mosaic.relative_to(ROOT))
+        out['mosaic'] = _rel(mosaic)
     return out
+
+
+def t1w_mask_mosaic(work: Path, mosaic: Path) -> str | None:
+    """Mosaic of the deepbet mask of sub-forrest02's raw T1w (the conform node's brain)."""
+    from nilearn import plotting
+
+    node = next((p for p in work.rglob('conform_T1w') if 'forrest02' in str(p)), None)
+    if node is None or not (node / 'native_reference.nii.gz').is_file():
+        return None
+    brain = nib.load(node / 'native_reference.nii.gz')
+    mask = nib.Nifti1Image((np.asarray(brain.dataobj) > 0).astype(np.uint8), brain.affine)
+    raw = REAL / 'bids/sub-forrest02/anat/sub-forrest02_T1w.nii.gz'
+    disp = plotting.plot_roi(mask, bg_img=str(raw), display_mode='z', cut_coords=6,
+                             title='sub-forrest02 raw T1w: deepbet mask')
+    disp.savefig(str(mosaic))
+    disp.close()
+    return _rel(mosaic)
 
 
 def main(argv=None) -> int:
@@ -246,7 +278,9 @@ def main(argv=None) -> int:
         'machine': f'{platform.machine()}, {os.cpu_count()} cores, CPU only; niced, shared with '
                    'other jobs (contended)',
         'model': 'embedded default (--model default)',
-        'all_subjects': {'run': run, 'conform': conform_nodes(tmp / 'work')},
+        'all_subjects': {'run': run, 'conform': conform_nodes(tmp / 'work'),
+                         'forrest02_T1w_mask_mosaic': t1w_mask_mosaic(
+                             tmp / 'work', args.out.parent / 'real_forrest02_T1w_mask.png')},
         'removed': removed_comparisons(tmp),
         'bold_reference_brain_extraction': bold_reference_extraction(
             tmp, args.out.parent / 'real_forrest02_bold_mask.png'),
