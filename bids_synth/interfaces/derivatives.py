@@ -84,11 +84,17 @@ class SynthDerivatives(SimpleInterface):
 
 
 def _read_reports(paths) -> dict:
-    """modality -> conform record (what was done to each input before registration)."""
+    """modality -> conform record (what was done to each input before registration).
+
+    Timings and the input's absolute path stay in the node's record (logs, benchmarks): the
+    sidecars must not change between identical runs (``Sources`` names the inputs).
+    """
     out = {}
     for path in paths if isdefined(paths) else []:
         with open(path) as f:
             rec = json.load(f)
+        rec.pop('seconds', None)
+        rec.pop('in_file', None)
         out[rec.pop('modality')] = rec
     return out
 

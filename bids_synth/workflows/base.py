@@ -18,6 +18,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..bids.modalities import MODALITIES
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
@@ -161,6 +162,8 @@ def init_session_synth_wf(
                          omp_nthreads=omp_nthreads, skull_strip=skull_strip,
                          precomputed=_plain(precomputed or {}) if mod == 'T1w' else {}),
             name=f'conform_{mod}', n_procs=omp_nthreads,
+            # sMRI: deepbet may run (1.3 GB peak measured on a 0.7 mm raw T1w)
+            mem_gb=1.5 if MODALITIES[mod].family == 'smri' and skull_strip != 'skip' else 0.2,
         )
         conform_nodes[mod] = node
     merge_inputs = pe.Node(niu.Merge(max(1, len(inputs))), name='merge_inputs')
