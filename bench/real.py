@@ -8,8 +8,9 @@ Everything runs on copies in a temporary folder (../shared is read-only):
    the registration quality (normalized mutual information, Studholme's (H(A)+H(B))/H(A,B),
    32 bins, and Pearson correlation, between the conformed image and the registration target,
    inside the template brain mask; for scale, the NMI of the same image shifted by 8 mm; the
-   correlation means little across contrasts, e.g. an EPI against the pseudo-T2 target), what brain extraction did (SkullStripped detected, deepbet
-   mask volume), the node's run time.
+   correlation means little across contrasts, e.g. an EPI against the pseudo-T2 target),
+   what brain extraction did (SkullStripped detected, deepbet mask volume), the node's run
+   time.
 2. ``removed``: sub-ms07 without its T2w, sub-ms07 without its FLAIR (as two subjects), and
    sub-ixi002 without its T2w; the native-space synthesized image against the real one, inside
    the brain (real image > 0, co-registered grids; sub-ixi002's real T2w is first aligned to its

@@ -5,8 +5,8 @@ What is read, per subject (and session, when the derivatives have one), in fMRIP
 
 | file | use |
 | --- | --- |
-| ``*_desc-preproc_T1w.nii.gz`` (no ``space-``) | the T1w, bias-corrected; its grid is the native reference |
-| ``*_desc-brain_mask.nii.gz`` (no ``space-``) | brain mask applied to it (no brain extraction of ours) |
+| ``*_desc-preproc_T1w.nii.gz`` (no ``space-``) | bias-corrected T1w; its grid: native reference |
+| ``*_desc-brain_mask.nii.gz`` (no ``space-``) | mask applied to it (no extraction of ours) |
 | ``*_from-T1w_to-<tpl>_mode-image_xfm.h5`` | T1w -> template (ANTs composite; affine + warp) |
 | ``*_from-<tpl>_to-T1w_mode-image_xfm.h5`` | template -> T1w (to write native outputs) |
 
