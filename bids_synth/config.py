@@ -58,6 +58,12 @@ class Execution:
     verbose: int = 0
     write_graph: bool = False
     reports: bool = True
+    derivatives: list[str] = dc.field(default_factory=list)
+    """fMRIPrep/sMRIPrep output folders whose preprocessed T1w and transforms are used
+    (``--derivatives``)."""
+    complete_dataset: str = ''
+    """Folder receiving the input dataset completed with the synthesized anatomical images
+    (``--complete-dataset``); empty: none."""
 
 
 @dc.dataclass
@@ -85,6 +91,9 @@ class Workflow:
     """Template resolution for group-level fitting (0: the method's default)."""
     train_steps: int = 0
     """Group level: training steps for the diffusion model (0: the recipe's default)."""
+    skull_strip: str = 'auto'
+    """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
+    (``force``) or never (``skip``)."""
 
 
 @dc.dataclass

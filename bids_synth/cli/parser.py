@@ -126,12 +126,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help='do not validate the input with bids-validator-deno')
     g.add_argument('--clinical-columns', nargs='+', metavar='COL',
                    help='participants.tsv columns to condition on (default: all)')
+    g.add_argument('--derivatives', nargs='+', type=Path, metavar='DIR',
+                   help='fMRIPrep/sMRIPrep output folders: their desc-preproc_T1w, '
+                   'desc-brain_mask and from-T1w_to-MNI152NLin2009{a,c}Sym transforms are used '
+                   'instead of registering the T1w again (as fMRIPrep --derivatives)')
     g.add_argument('--unreadable-as-missing', action='store_true',
                    help='synthesize modalities whose file exists but cannot be read '
                    '(default: report them as errors and leave them alone)')
     g.add_argument('--force', action='store_true',
                    help='keep inputs that fail the registration QC (flagged in the sidecars) '
                    'instead of treating them as unreadable')
+
+    g = parser.add_argument_group('preprocessing and outputs')
+    g.add_argument('--skull-strip', choices=['auto', 'force', 'skip'], default='auto',
+                   help='sMRI inputs: N4 bias correction and deepbet brain extraction; "auto" '
+                   'only for inputs that still have their skull (detected), "force" always, '
+                   '"skip" never (as fMRIPrep --skull-strip-t1w)')
+    g.add_argument('--complete-dataset', type=Path, metavar='DIR',
+                   help='also write DIR: a raw BIDS dataset, the input (hard links, else '
+                   'copies) plus each synthesized T1w/T2w/FLAIR under a raw name with rec-synth, '
+                   'for fMRIPrep/sMRIPrep/QSIPrep (participant level)')
 
     g = parser.add_argument_group('model and sampling')
     g.add_argument('--model', type=Path, metavar='DIR',
@@ -187,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     if plugin:
         opts['plugin'] = plugin['plugin']
         opts['plugin_args'] = plugin.get('plugin_args') or {}
-    for key in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'model'):
+    for key in ('bids_dir', 'output_dir', 'work_dir', 'bids_database_dir', 'model',
+                'complete_dataset'):
         if key == 'model' and str(opts.get(key)) == 'default':
             opts[key] = 'default'
         elif opts.get(key) is not None:
@@ -199,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
     opts['modalities'] = list(dict.fromkeys(m for group in (opts.get('modalities') or [])
                                             for m in group))
     opts['clinical_columns'] = opts.get('clinical_columns') or []
+    opts['derivatives'] = [str(Path(d).expanduser().absolute())
+                           for d in (opts.get('derivatives') or [])]
+    if opts.get('complete_dataset') is None:
+        opts['complete_dataset'] = ''
     opts['bids_filters'] = opts.get('bids_filters') or {}
     opts['nprocs'] = opts.get('nprocs') or (os.cpu_count() or 1)
     opts['omp_nthreads'] = opts.get('omp_nthreads') or max(1, min(4, opts['nprocs']))

@@ -91,6 +91,7 @@ def run(config) -> int:
         raise NoInputError(f'{bids_dir}: input BIDS dataset not found')
     if not ex.dry_run:
         check_output_dirs(bids_dir, ex.output_dir, ex.work_dir)
+    _check_fmriprep_options(config)
     if not ex.skip_bids_validation:
         _validate_input(bids_dir)
     plan = _plan(config)
@@ -174,6 +175,13 @@ def _run_planned(config, plan: _Plan) -> int:
             code, started = _run_group(config, plan.inventories, plan.clinical)
         else:
             code, started = _run_participant(config, plan)
+            if code == 0 and ex.complete_dataset:
+                from ..bids.completed import write_completed_dataset
+
+                added = write_completed_dataset(ex.bids_dir, ex.output_dir,
+                                                ex.complete_dataset, version=__version__)
+                LOGGER.info('completed dataset %s: %d synthesized scan(s) added (rec-synth)',
+                            ex.complete_dataset, len(added))
     finally:
         if not started:  # failed (or had nothing to do) before any work: no empty folders
             remove_created(created)
@@ -187,6 +195,28 @@ def _run_planned(config, plan: _Plan) -> int:
         LOGGER.info('finished with %d problem(s) (the error lines above); outputs of the other '
                     'subjects and modalities in %s', n_problems, ex.output_dir)
     return code
+
+
+def _check_fmriprep_options(config) -> None:
+    """``--derivatives`` folders exist; ``--complete-dataset`` is neither the input nor the
+    output, and is refused at the group level."""
+    from ..errors import NoInputError, UsageError
+
+    ex = config.execution
+    for folder in ex.derivatives:
+        if not Path(folder).is_dir():
+            raise NoInputError(f'{folder}: --derivatives folder not found')
+    if not ex.complete_dataset:
+        return
+    if ex.analysis_level != 'participant':
+        raise UsageError('--complete-dataset is a participant-level option')
+    dest = Path(ex.complete_dataset).resolve()
+    if dest == Path(ex.output_dir).resolve():
+        raise UsageError(f'{dest}: --complete-dataset must differ from the output folder')
+    if not ex.dry_run:
+        from ..bids.derivatives import check_output_dirs
+
+        check_output_dirs(ex.bids_dir, dest)
 
 
 def _validate_input(bids_dir: Path) -> None:

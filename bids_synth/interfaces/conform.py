@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from nipype.interfaces.base import (
@@ -23,6 +24,9 @@ class _ConformInputInputSpec(BaseInterfaceInputSpec):
     omp_nthreads = traits.Int(1, usevalue=True, desc='threads for registration')
     force = traits.Bool(False, usevalue=True,
                         desc='keep a registration that fails the QC (flagged)')
+    skull_strip = traits.Enum('auto', 'force', 'skip', usevalue=True,
+                              desc='sMRI: N4 + deepbet brain extraction of skull-on inputs')
+    precomputed = traits.Dict(desc='fMRIPrep/sMRIPrep outputs of this T1w (no registration)')
 
 
 class _ConformInputOutputSpec(TraitedSpec):
@@ -30,6 +34,7 @@ class _ConformInputOutputSpec(TraitedSpec):
     transform = File(exists=True, desc='native -> template transform (ANTs); its JSON sidecar '
                      'holds the registration QC')
     native_reference = File(exists=True, desc='native-space 3D reference image')
+    brain_report = File(exists=True, desc='JSON: skull-stripping / precomputed inputs record')
 
 
 class ConformInput(SimpleInterface):
@@ -51,12 +56,20 @@ class ConformInput(SimpleInterface):
             metadata=dict(self.inputs.metadata),
             omp_nthreads=self.inputs.omp_nthreads,
             force=self.inputs.force,
+            skull_strip=self.inputs.skull_strip,
+            precomputed=dict(self.inputs.precomputed) or None,
         )
         out_file = os.path.join(runtime.cwd, f'{self.inputs.modality}_conformed.nii.gz')
         save_conformed(result, out_file, template)
         self._results['out_file'] = out_file
         self._results['transform'] = str(result.transform.path)
         self._results['native_reference'] = str(result.native_reference)
+        report = os.path.join(runtime.cwd, f'{self.inputs.modality}_brain.json')
+        with open(report, 'w') as f:
+            json.dump({'modality': self.inputs.modality, 'in_file': str(self.inputs.in_file),
+                       'transform_source': result.transform.source,
+                       **(result.brain or {'SkullStripped': None})}, f, indent=2)
+        self._results['brain_report'] = report
         return runtime
 
 

@@ -42,6 +42,8 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
     reference_file = traits.Str(mandatory=True, desc='raw native reference image')
     transforms = traits.List(traits.Str, desc='native->template transforms of the inputs '
                              '(their JSON sidecars hold the registration QC)')
+    brain_reports = traits.List(File(exists=True), desc='JSON records of the conform nodes '
+                                '(skull stripping, N4, precomputed fMRIPrep inputs)')
 
 
 class _SynthDerivativesOutputSpec(TraitedSpec):
@@ -79,6 +81,7 @@ class SynthDerivatives(SimpleInterface):
             provenance=prov,
             source_files=list(self.inputs.source_files),
             reference_file=self.inputs.reference_file,
+            preprocessing=_read_reports(self.inputs.brain_reports),
         )
         out_record = os.path.join(runtime.cwd, 'record.json')
         with open(out_record, 'w') as f:
@@ -99,6 +102,22 @@ def registration_qc(transforms) -> dict:
             continue
         if info.get('qc'):
             out[info.get('modality', Path(path).name)] = info['qc']
+    return out
+
+
+def _read_reports(paths) -> dict:
+    """modality -> conform record (what was done to each input before registration).
+
+    Timings and the input's absolute path stay in the node's record (logs, benchmarks): the
+    sidecars must not change between identical runs (``Sources`` names the inputs).
+    """
+    out = {}
+    for path in paths if isdefined(paths) else []:
+        with open(path) as f:
+            rec = json.load(f)
+        rec.pop('seconds', None)
+        rec.pop('in_file', None)
+        out[rec.pop('modality')] = rec
     return out
 
 
@@ -147,7 +166,7 @@ def _set_tr(img, tr: float):
 
 def write_synth_outputs(
     *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
-    reference_file,
+    reference_file, preprocessing=None,
 ) -> dict:
     """Write every file of one synthesized modality; return the record (paths relative)."""
     import nibabel as nib
@@ -221,6 +240,8 @@ def write_synth_outputs(
         if mod.family == 'dmri':
             side['VolumeContents'] = [c for c in mod.channels if c == 'b0' or c.startswith('seg')]
         side['bids_synth'] = dict(provenance, space=space or 'native', output=kind)
+        if preprocessing:  # per input: SkullStripped as found, N4, brain extraction, xfm source
+            side['bids_synth']['preprocessing'] = preprocessing
         path = derivative_path(out, subject=subject, session=session, modality=target,
                                space=space, res=res if space else None, desc=desc)
         write_nifti_atomic(main, path)

@@ -5,6 +5,10 @@ image to the template (antspyx: centre-of-mass initialization, rigid then affine
 information) -> the same transform applied to every channel (linear) -> normalization
 (:mod:`.intensity`). ``to_native`` applies the inverse transform onto the native reference grid.
 
+Raw sMRI inputs are first N4-corrected and brain-extracted when they still have their skull
+(:mod:`.brain`, ``skull_strip``); an input preprocessed by fMRIPrep/sMRIPrep
+(:mod:`.precomputed`) comes with its own transform and is not registered again.
+
 Registration works in the files' physical space: ANTs reads the NIfTI affines (oblique, LPS or
 RAS alike), so no reorientation step is needed. Transforms are ANTs ``.mat`` files with a JSON
 sidecar, so Nipype nodes pass file names (:meth:`Transform.from_path`).
@@ -93,6 +97,11 @@ class Transform:
     fixed: str
     seconds: float = 0.0
     qc: dict | None = None
+    inverse: str = ''
+    """A separate template -> native transform (e.g. fMRIPrep's ``from-MNI..._to-T1w`` .h5);
+    empty: invert ``path`` (affine)."""
+    source: str = 'bids_synth'
+    """Who computed it: ``bids_synth`` (antspyx registration) or the derivatives it came from."""
 
     def save(self) -> str:
         """Write the JSON sidecar; return the ``.mat`` path (what Nipype nodes pass on)."""
@@ -117,6 +126,16 @@ class Transform:
         tx = ants.read_transform(self.path)
         return np.asarray(tx.parameters[:9], dtype=float).reshape(3, 3)
 
+    def ants_to_template(self) -> tuple[list[str], list[bool]]:
+        """``(transformlist, whichtoinvert)`` of ``ants.apply_transforms`` native -> template."""
+        return [self.path], [False]
+
+    def ants_to_native(self) -> tuple[list[str], list[bool]]:
+        """``(transformlist, whichtoinvert)`` of ``ants.apply_transforms`` template -> native."""
+        if self.inverse:
+            return [self.inverse], [False]
+        return [self.path], [True]
+
 
 @dataclass
 class ConformResult:
@@ -134,6 +153,8 @@ class ConformResult:
     array: np.ndarray
     transform: Transform
     native_reference: str
+    brain: dict | None = None
+    """What :func:`.brain.prepare_brain` did (sMRI), or the precomputed inputs used."""
 
 
 def _threads(omp_nthreads: int) -> None:
@@ -349,15 +370,16 @@ def apply_to_template(img: nib.Nifti1Image, template, transform: Transform, *,
     out = []
     for c in range(chans.shape[3]):
         moving = moving_ref.new_image_like(np.ascontiguousarray(chans[..., c]))
-        warped = ants.apply_transforms(fixed, moving, [transform.path],
+        tlist, inv = transform.ants_to_template()
+        warped = ants.apply_transforms(fixed, moving, tlist, whichtoinvert=inv,
                                        interpolator=interpolator)
         out.append(warped.numpy().astype(np.float32))
     return np.stack(out)
 
 
 def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str | os.PathLike,
-            metadata: dict | None = None, omp_nthreads: int = 1,
-            force: bool = False) -> ConformResult:
+            metadata: dict | None = None, omp_nthreads: int = 1, force: bool = False, *,
+            skull_strip: str = 'auto', precomputed: dict | None = None) -> ConformResult:
     """Native image -> normalized model representation on the template grid.
 
     Parameters
@@ -374,6 +396,12 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
     omp_nthreads : int
     force : bool
         Keep a registration that fails the QC (flagged in ``transform.qc``).
+    skull_strip : {'auto', 'force', 'skip'}
+        sMRI inputs: N4 and deepbet brain extraction of skull-on inputs
+        (:func:`.brain.prepare_brain`).
+    precomputed : dict, optional
+        fMRIPrep/sMRIPrep outputs of this T1w (:func:`.precomputed.find_precomputed`): their
+        preprocessed, brain-masked T1w and transforms are used, nothing is registered.
 
     Returns
     -------
@@ -381,20 +409,38 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
         ``array`` of shape (C, X, Y, Z) with C = ``MODALITIES[modality].n_channels``.
     """
     work_dir = Path(work_dir)
-    channels, reference = representation_native(in_file, modality, metadata)
-    ref_path = _write(reference, work_dir / 'native_reference.nii.gz')
-    try:
-        transform = register_to_template(ref_path, template, modality=modality,
-                                         omp_nthreads=omp_nthreads, work_dir=work_dir,
-                                         force=force)
-    except DataError as exc:  # name the raw file, not the work copy
-        raise type(exc)(str(exc).replace(ref_path, str(in_file))) from exc
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if precomputed:
+        from .precomputed import conform_precomputed
+
+        fixed = _fixed_file(template, _contrast_key(modality, None), work_dir)
+        reference, transform, brain = conform_precomputed(precomputed, modality, template,
+                                                          work_dir, fixed=fixed)
+        channels = reference
+        ref_path = _write(reference, work_dir / 'native_reference.nii.gz')
+    else:
+        channels, reference = representation_native(in_file, modality, metadata)
+        brain = None
+        if MODALITIES[modality].family == 'smri':
+            from .brain import prepare_brain
+
+            reference, report = prepare_brain(reference, mode=skull_strip, label=str(in_file),
+                                              threads=omp_nthreads)
+            channels, brain = reference, report.as_dict()
+        ref_path = _write(reference, work_dir / 'native_reference.nii.gz')
+        try:
+            transform = register_to_template(ref_path, template, modality=modality,
+                                             omp_nthreads=omp_nthreads, work_dir=work_dir,
+                                             force=force)
+        except DataError as exc:  # name the raw file, not the work copy
+            raise type(exc)(str(exc).replace(ref_path, str(in_file))) from exc
     array = apply_to_template(channels, template, transform)
     try:
         array = normalize(array, modality, template)
     except DataError as exc:
         raise DataError(f'{in_file}: {exc}') from exc
-    return ConformResult(array=array, transform=transform, native_reference=ref_path)
+    return ConformResult(array=array, transform=transform, native_reference=ref_path,
+                         brain=brain)
 
 
 def to_native(array: np.ndarray, template, transform: Transform,
@@ -435,7 +481,8 @@ def to_native(array: np.ndarray, template, transform: Transform,
     out = []
     for c in range(array.shape[0]):
         moving = fixed.new_image_like(np.ascontiguousarray(array[c]))
-        warped = ants.apply_transforms(native, moving, [transform.path], whichtoinvert=[True],
+        tlist, inv = transform.ants_to_native()
+        warped = ants.apply_transforms(native, moving, tlist, whichtoinvert=inv,
                                        interpolator=interpolator)
         out.append(warped.numpy().astype(np.float32))
     data = out[0] if len(out) == 1 else np.stack(out, axis=-1)

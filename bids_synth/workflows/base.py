@@ -19,6 +19,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..bids.modalities import MODALITIES
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
@@ -102,6 +103,8 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             output_dir=config.execution.output_dir,
             omp_nthreads=config.nipype.omp_nthreads,
             force=config.execution.force,
+            skull_strip=config.workflow.skull_strip,
+            precomputed=_precomputed(config, inv),
         )
         entries.append((inv, ses_wf, targets))
     if not entries:
@@ -153,9 +156,14 @@ def init_session_synth_wf(
     output_dir,
     omp_nthreads=1,
     force=False,
+    skull_strip='auto',
+    precomputed=None,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
+
+    ``skull_strip`` goes to every sMRI conform node; ``precomputed`` (fMRIPrep/sMRIPrep outputs,
+    :func:`~bids_synth.preprocessing.precomputed.find_precomputed`) to the T1w's.
 
     Outputs
     -------
@@ -173,8 +181,11 @@ def init_session_synth_wf(
         f = inv.files[mod]
         node = pe.Node(
             ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
-                         omp_nthreads=omp_nthreads, force=force),
+                         omp_nthreads=omp_nthreads, force=force, skull_strip=skull_strip,
+                         precomputed=_plain(precomputed or {}) if mod == 'T1w' else {}),
             name=f'conform_{mod}', n_procs=omp_nthreads,
+            # sMRI: deepbet may run (1.3 GB peak measured on a 0.7 mm raw T1w)
+            mem_gb=1.5 if MODALITIES[mod].family == 'smri' and skull_strip != 'skip' else 0.2,
         )
         conform_nodes[mod] = node
     # every transform (its sidecar has the registration QC) goes to the sidecars and report
@@ -184,6 +195,9 @@ def init_session_synth_wf(
     merge_inputs = pe.Node(niu.Merge(max(1, len(inputs))), name='merge_inputs')
     for i, mod in enumerate(inputs, start=1):
         wf.connect([(conform_nodes[mod], merge_inputs, [('out_file', f'in{i}')])])  # fmt:skip
+    merge_brain = pe.Node(niu.Merge(len(conform_nodes)), name='merge_brain')
+    for i, node in enumerate(conform_nodes.values(), start=1):
+        wf.connect([(node, merge_brain, [('brain_report', f'in{i}')])])  # fmt:skip
 
     use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
     for target in targets:
@@ -220,6 +234,7 @@ def init_session_synth_wf(
             (synth, ds, [('out_file', 'template_file'), ('provenance', 'provenance')]),
             (merge_qc, ds, [('out', 'transforms')]),
             (native, ds, [('out_file', 'native_file')]),
+            (merge_brain, ds, [('out', 'brain_reports')]),
             (ds, outputnode, [('out_record', target)]),
         ])  # fmt:skip
         if write_samples:
@@ -251,7 +266,10 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             node = pe.Node(
                 ConformInput(in_file=f.path, modality=mod, metadata=_plain(f.metadata), res=res,
                              omp_nthreads=config.nipype.omp_nthreads,
-                             force=config.execution.force),
+                             force=config.execution.force,
+                             skull_strip=config.workflow.skull_strip,
+                             precomputed=_plain(_precomputed(config, inv) or {})
+                             if mod == 'T1w' else {}),
                 name=f'conform_{_safe(key)}_{mod}', n_procs=config.nipype.omp_nthreads,
             )
             conform.append(node)
@@ -277,6 +295,16 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
     )
     wf.connect([(merge, fit, [('out', 'in_files')])])  # fmt:skip
     return wf
+
+
+def _precomputed(config, inv) -> dict | None:
+    """fMRIPrep/sMRIPrep outputs of a session's T1w (``--derivatives``), or None."""
+    derivatives = getattr(config.execution, 'derivatives', None)
+    if not derivatives or 'T1w' not in inv.available:
+        return None
+    from ..preprocessing.precomputed import find_precomputed
+
+    return find_precomputed(derivatives, inv.subject, inv.session)
 
 
 def _plain(obj):
