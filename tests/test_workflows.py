@@ -35,16 +35,20 @@ def _config(cohort, tmp_path, **workflow):
 
 
 CARD = {'method': 'regression', 'modalities': ['T1w', 'T2w', 'FDG'], 'template': {'res': 4}}
+DIFFUSION = {**CARD, 'method': 'diffusion', 'sampler': {'num_samples': 4}}
 
 
-@pytest.mark.parametrize(('num_samples', 'reports'), [(1, True), (3, True), (1, False)])
-def test_participant_graph(cohort, inputs, tmp_path, num_samples, reports):
+@pytest.mark.parametrize(('num_samples', 'reports', 'card', 'stds'), [
+    (1, True, CARD, False), (3, True, CARD, False),  # the regression has no std
+    (1, False, CARD, False), (0, True, DIFFUSION, True), (1, True, DIFFUSION, False)])
+def test_participant_graph(cohort, inputs, tmp_path, num_samples, reports, card, stds):
     from bids_synth.workflows.base import init_bids_synth_wf
 
     invs, clinical = inputs
-    cfg = _config(cohort, tmp_path, num_samples=num_samples, method='regression')
+    cfg = _config(cohort, tmp_path, num_samples=num_samples, method=card['method'],
+                  write_samples=True)
     cfg.execution.reports = reports
-    wf = init_bids_synth_wf(cfg, invs, clinical, model='/m', model_card=CARD,
+    wf = init_bids_synth_wf(cfg, invs, clinical, model='/m', model_card=card,
                             targets_of=lambda inv: inv.missing(('T1w', 'T2w', 'FDG')))
     graph = wf._create_flat_graph()
     names = {n.fullname for n in graph.nodes()}
@@ -57,10 +61,11 @@ def test_participant_graph(cohort, inputs, tmp_path, num_samples, reports):
             assert any(f'sub_{sub}_wf' in n and n.endswith('report') for n in names) == reports
         else:  # nothing to do: no sub-workflow at all
             assert not any(f'sub_{sub}_wf' in n for n in names)
-    stds = [n for n in names if 'native_std_' in n]
-    assert bool(stds) == (num_samples > 1)
+    assert bool([n for n in names if 'native_std_' in n]) == stds
     synth = [n for n in graph.nodes() if n.name.startswith('synth_')]
-    assert synth and all(n.inputs.use_gpu is False for n in synth)  # regression: CPU nodes
+    assert all(n.inputs.num_samples == (1 if card is CARD else num_samples or 4) for n in synth)
+    assert all(n.inputs.write_samples == (card is DIFFUSION) for n in synth)
+    assert synth and all(n.inputs.use_gpu is False for n in synth)  # CPU here
     assert len({n.inputs.seed for n in synth}) == len(synth)  # one seed per image
 
 

@@ -110,7 +110,15 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
             if std:
                 png = mosaic(out / std, figdir / f'{label}_desc-synthstd{rec["target"]}.png',
                              f'uncertainty (std over samples) of {rec["target"]}', cmap='hot')
-                parts.append(f'<img src="{png.relative_to(out)}" alt="uncertainty">')
+                parts.append(f'<h4>Uncertainty</h4><p>Voxelwise standard deviation over the '
+                             f'{prov.get("num_samples", "?")} samples (bright: the model is '
+                             'unsure; check these regions before using the image).</p>'
+                             f'<img src="{png.relative_to(out)}" alt="uncertainty">')
+            sample = rec['files'].get('template_sample1')
+            if sample:
+                png = mosaic(out / sample, figdir / f'{label}_desc-synthsample1{rec["target"]}.png',
+                             f'one sample of {rec["target"]} (template space)')
+                parts.append(f'<img src="{png.relative_to(out)}" alt="sample">')
             files = [(k, v) for k, v in sorted(rec['files'].items())]
             parts.append(_table(files, ('output', 'file')))
             clin = prov.get('clinical_used', {})

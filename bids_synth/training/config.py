@@ -88,12 +88,12 @@ PRESETS: dict[str, TrainConfig] = {
 def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
     """A config from a preset name, a dict of overrides of ``'default'``, or a config.
 
-    In a dict, ``'steps'`` (the CLI's ``--train-steps``) sets the mean-network steps, and the
-    flow gets half as many.
+    In a dict, ``'steps'`` (the CLI's ``--train-steps``) sets the mean-network steps; the flow
+    gets half as many and the fusion pretraining at most as many.
 
     >>> c = get_config({'steps': 10})
-    >>> c.mean_steps, c.flow_steps
-    (10, 5)
+    >>> c.mean_steps, c.flow_steps, c.ssl_steps
+    (10, 5, 10)
     """
     if config is None:
         return PRESETS['default']
@@ -110,4 +110,5 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
         n = int(config.pop('steps'))
         config.setdefault('mean_steps', n)
         config.setdefault('flow_steps', max(1, n // 2))
+        config.setdefault('ssl_steps', min(PRESETS['default'].ssl_steps, n))
     return TrainConfig.from_dict({**PRESETS['default'].to_dict(), **config})
