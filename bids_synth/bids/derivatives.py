@@ -66,8 +66,6 @@ BIDSIGNORE_LINES = (
     '*_desc-synth_dwi.bvec',
     '*_desc-synthstd_dwi.bval',
     '*_desc-synthstd_dwi.bvec',
-    '*_desc-synthsample*_dwi.bval',
-    '*_desc-synthsample*_dwi.bvec',
     '*_dwimap.nii.gz',
     '*_dwimap.json',
     '*_model-*_param-*',

@@ -210,8 +210,9 @@ def write_synth_outputs(
               'source_files': [p for p in source_files], 'provenance': provenance}
     jobs = [(k, images.get(k), 'synthstd' if k.endswith('std') else 'synth')
             for k in ('template', 'native', 'template_std', 'native_std')]
-    jobs += [(f'template_sample{i}', p, f'synthsample{i}')
-             for i, p in enumerate(images.get('template_samples') or [], start=1)]
+    if mod.family != 'dmri':  # a dwi sample would need a gradient table of its own
+        jobs += [(f'template_sample{i}', p, f'synthsample{i}')
+                 for i, p in enumerate(images.get('template_samples') or [], start=1)]
     for kind, src, desc in jobs:
         if not src:
             continue
@@ -247,7 +248,7 @@ def write_synth_outputs(
         write_nifti_atomic(main, path)
         write_json_atomic(side, path.with_name(path.name.replace('.nii.gz', '.json')))
         record['files'][kind] = str(path.relative_to(out))
-        if mod.family == 'dmri':
+        if mod.family == 'dmri' and desc in ('synth', 'synthstd'):  # samples: VolumeContents
             n_seg = main.shape[-1] - 1
             bvals = [0] + [NOMINAL_BVALUE] * n_seg
             write_text_atomic(' '.join(map(str, bvals)) + '\n', path.with_suffix('').with_suffix(
