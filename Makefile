@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 EXAMPLES := $(VENV)/share/pybids-examples
 DEMO   ?= demo
 NPROCS ?= 2
+TEST_LIMIT ?= 2700
 export TEMPLATEFLOW_HOME ?= $(CURDIR)/$(VENV)/share/templateflow
 export NIPYPE_NO_ET = 1
 export HF_HUB_OFFLINE = 1
@@ -41,9 +42,11 @@ demo: $(STAMP)
 	@echo "Reports:      $$(ls $(CURDIR)/$(DEMO)/derivatives/*.html | tr '\n' ' ')"
 	@echo "Ground truth: $(CURDIR)/$(DEMO)/groundtruth"
 
+# the suite takes about 15 min on 2 cores; `timeout` is a backstop so that a hung worker
+# process can never hold a CI job past its limit
 test: $(STAMP)
-	BIDS_SYNTH_PYBIDS_EXAMPLES=$(CURDIR)/$(EXAMPLES) $(PY) -m pytest -q -m "not slow" \
-	    --timeout 900 $(PYTEST_ARGS)
+	BIDS_SYNTH_PYBIDS_EXAMPLES=$(CURDIR)/$(EXAMPLES) timeout --kill-after=60 $(TEST_LIMIT) \
+	    $(PY) -m pytest -q -m "not slow" --timeout 600 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	BIDS_SYNTH_PYBIDS_EXAMPLES=$(CURDIR)/$(EXAMPLES) $(PY) -m pytest -q --timeout 1800 $(PYTEST_ARGS)

@@ -91,6 +91,8 @@ class Workflow:
     """Template resolution for group-level fitting (0: the method's default)."""
     train_steps: int = 0
     """Group level: training steps for the diffusion model (0: the recipe's default)."""
+    train_config: str = ''
+    """Group level: a training preset name or a JSON file of recipe overrides ('': default)."""
     skull_strip: str = 'auto'
     """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
     (``force``) or never (``skip``)."""

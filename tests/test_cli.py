@@ -169,3 +169,33 @@ def test_graph_runs_with_the_startup_heap_frozen(small, tmp_path, capsys, monkey
     assert code == 0, capsys.readouterr().err
     assert seen['frozen'] > 100_000  # modules, the layout and the graph
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize('content,problem', [
+    ('{"mean_steps": 10, "no_such_field": 1}', 'no_such_field'),
+    ('[1, 2]', 'JSON object'),
+    ('{"mean_steps": ', 'not valid JSON'),
+])
+def test_bad_train_config_is_64(tmp_path, capsys, content, problem):
+    recipe = tmp_path / 'recipe.json'
+    recipe.write_text(content)
+    code, err = _run([tmp_path, tmp_path / 'out', 'group', '--train-config', recipe], capsys)
+    assert code == 64
+    (line,) = _error_lines(err)
+    assert 'recipe.json' in line and problem in line and 'Traceback' not in err
+
+
+def test_train_config_file_overrides_the_recipe(tmp_path):
+    from bids_synth.cli.parser import parse_args
+    from bids_synth.training.fit import recipe
+
+    path = tmp_path / 'recipe.json'
+    path.write_text('{"mean_steps": 40, "model": {"mean_channels": [8, 16, 32]}}')
+    opts = parse_args([str(tmp_path), str(tmp_path / 'out'), 'group', '--train-config',
+                       str(path)])
+    cfg = recipe(opts['train_config'], 0)
+    assert cfg.mean_steps == 40 and tuple(cfg.model['mean_channels']) == (8, 16, 32)
+    assert cfg.model['mean_attention'] == (False, False, True)  # merged, not replaced
+    tiny = recipe('tiny', 3)
+    assert (tiny.mean_steps, tiny.flow_steps, tiny.ssl_steps) == (3, 1, 2)
+    assert tiny.model['mean_channels'] == (8, 8)

@@ -19,7 +19,7 @@ def diffusion_run(phantom6, group_regression, tmp_path_factory, digest):
     out = root / 'out'
     before = digest(phantom6.bids_dir)
     group = main([str(phantom6.bids_dir), str(out), 'group', '--method', 'diffusion',
-                  '--train-steps', '3', '-w', str(work), '--nprocs', '2', '--omp-nthreads', '1',
+                  '--train-config', 'tiny', '--train-steps', '3', '-w', str(work), '--nprocs', '2', '--omp-nthreads', '1',
                   '--res', '4'])
     part = main([str(phantom6.bids_dir), str(out), 'participant', '-w', str(root / 'pwork'),
                  '--nprocs', '2', '--omp-nthreads', '1', '--num-samples', '2',

@@ -84,6 +84,31 @@ def _plugin_file(value: str) -> dict:
     return data
 
 
+def _train_config(value: str) -> str:
+    """A training preset name, or a JSON file of TrainConfig overrides (checked here)."""
+    from ..training.config import PRESETS, get_config
+
+    if value in PRESETS:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(
+            f'{value}: neither a training preset ({", ".join(PRESETS)}) nor a file')
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f'{value}: cannot read ({exc})') from None
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f'{value}: not valid JSON ({exc.msg}, line {exc.lineno})')
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f'{value}: must hold a JSON object')
+    try:
+        get_config(data)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f'{value}: {exc}') from None
+    return str(path.absolute())
+
+
 def _positive(value: str) -> int:
     try:
         ivalue = int(value)
@@ -170,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'for regression, the training recipe\'s for diffusion)')
     g.add_argument('--train-steps', type=_positive, default=None,
                    help='group level: diffusion training steps (default: the recipe\'s)')
+    g.add_argument('--train-config', type=_train_config, default=None, metavar='PRESET|FILE',
+                   help='group level: the diffusion training recipe, a preset (default, tiny) '
+                   'or a JSON file of overrides of the default recipe (docs/model.md)')
 
     g = parser.add_argument_group('execution')
     g.add_argument('-w', '--work-dir', type=Path, metavar='DIR',
@@ -225,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
         opts['res'] = 0
     if opts.get('train_steps') is None:
         opts['train_steps'] = 0
+    if opts.get('train_config') is None:
+        opts['train_config'] = ''
     if opts.get('steps') is None:
         opts['steps'] = 0
     if opts.get('num_samples') is None:

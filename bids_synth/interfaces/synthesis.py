@@ -125,6 +125,7 @@ class _FitModelInputSpec(BaseInterfaceInputSpec):
     res = traits.Int(2, usevalue=True)
     seed = traits.Int(0, usevalue=True)
     train_steps = traits.Int(0, usevalue=True)
+    train_config = traits.Str('', usevalue=True, desc='preset name or JSON file of overrides')
     use_gpu = traits.Bool(False, usevalue=True)
     device = traits.Enum('auto', 'cpu', 'cuda', usevalue=True)
 
@@ -155,6 +156,7 @@ class FitModel(SimpleInterface):
             res=self.inputs.res,
             seed=self.inputs.seed,
             train_steps=self.inputs.train_steps,
+            train_config=self.inputs.train_config,
             init_from=self.inputs.init_from or None,
             device=self.inputs.device,
         )

@@ -111,4 +111,7 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
         config.setdefault('mean_steps', n)
         config.setdefault('flow_steps', max(1, n // 2))
         config.setdefault('ssl_steps', min(PRESETS['default'].ssl_steps, n))
-    return TrainConfig.from_dict({**PRESETS['default'].to_dict(), **config})
+    base = PRESETS['default'].to_dict()
+    if isinstance(config.get('model'), dict):  # model overrides merge into the recipe's
+        config['model'] = {**base['model'], **config['model']}
+    return TrainConfig.from_dict({**base, **config})

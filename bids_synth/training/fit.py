@@ -51,8 +51,27 @@ def split_by_subject(sessions: Sequence[SessionArrays], val_fraction: float = 0.
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def recipe(train_config='', train_steps=0):
+    """The diffusion training config: a preset name or a JSON file of overrides of the default
+    recipe (``train_config``), with ``train_steps`` (``--train-steps``) on top."""
+    import json
+
+    from .config import PRESETS, get_config
+
+    if train_config in PRESETS:
+        base = PRESETS[train_config].to_dict()
+    elif train_config:
+        base = get_config(json.loads(Path(train_config).read_text())).to_dict()
+    else:
+        base = PRESETS['default'].to_dict()
+    if train_steps:
+        base.update(mean_steps=train_steps, flow_steps=max(1, train_steps // 2),
+                    ssl_steps=min(base['ssl_steps'], train_steps))
+    return get_config(base)
+
+
 def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, seed=0,
-              train_steps=0, init_from=None, device='auto') -> Path:
+              train_steps=0, train_config='', init_from=None, device='auto') -> Path:
     """Fit ``method`` on ``sessions`` and save it to ``out_dir``; return the model folder."""
     from ..preprocessing.templates import load_template
 
@@ -88,7 +107,7 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
         return model.save(out_dir)
     from .diffusion import train_diffusion
 
-    config = {'steps': train_steps} if train_steps else None
+    config = recipe(train_config, train_steps)
     return Path(train_diffusion(
         sessions, mask=mask, clinical_schema=clinical_schema, out_dir=out_dir,
         modalities=[m for m in modalities if m in MODALITIES], res=res, config=config,

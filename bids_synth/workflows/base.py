@@ -288,6 +288,7 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             clinical_schema=clinical.schema(), modalities=list(modalities), method=method,
             out_dir=str(model_dir), init_from=str(init_from or ''), res=res,
             seed=config.seeds.master, train_steps=config.workflow.train_steps,
+            train_config=config.workflow.train_config,
             use_gpu=method == 'diffusion' and resolve_device(config.workflow.device) == 'cuda',
             device=config.workflow.device,
         ),
