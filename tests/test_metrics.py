@@ -75,3 +75,32 @@ def test_errors(data):
         score(ref[:-1], ref, mask)
     with pytest.raises(ValueError, match='empty'):
         score(ref, ref, np.zeros_like(mask))
+
+
+def test_realism_metrics_see_blur():
+    from scipy.ndimage import gaussian_filter
+
+    from bids_synth.metrics import gradient_magnitude, high_frequency_power
+
+    rng = np.random.default_rng(0)
+    sharp = rng.random((24, 24, 24))
+    blurred = gaussian_filter(sharp, 1.5)
+    mask = np.zeros(sharp.shape, bool)
+    mask[4:20, 4:20, 4:20] = True
+    assert gradient_magnitude(blurred, mask) < 0.5 * gradient_magnitude(sharp, mask)
+    assert high_frequency_power(blurred, mask) < 0.1 * high_frequency_power(sharp, mask)
+
+
+def test_coverage_and_spearman_of_a_calibrated_std():
+    from bids_synth.metrics import coverage, std_error_spearman
+
+    rng = np.random.default_rng(1)
+    shape = (20, 20, 20)
+    std = rng.uniform(0.1, 2.0, shape)
+    truth = rng.normal(0.0, std)  # truth ~ N(mean=0, std)
+    mask = np.ones(shape, bool)
+    zero = np.zeros(shape)
+    assert 0.88 < coverage(truth, zero, std, mask) < 0.92
+    assert std_error_spearman(truth, zero, std, mask) > 0.3
+    assert abs(std_error_spearman(truth, zero, rng.permutation(std.ravel()).reshape(shape),
+                                  mask)) < 0.05

@@ -70,6 +70,23 @@ def test_ridge_penalty_is_chosen_on_an_inner_split_and_cross_fit_excludes_the_su
         assert s.subject not in others  # the fold holds every session of its subjects
 
 
+def test_cross_fit_falls_back_when_a_fold_lacks_a_modality(cohort):
+    from bids_synth.preprocessing.templates import model_grid
+
+    sessions, mask = cohort
+    affine = model_grid(8)[0]
+    # FDG in two sessions only: a fold without one of them cannot fit FDG
+    sparse = [type(s)(s.subject, s.session,
+                      {m: a for m, a in s.images.items() if m != 'FDG' or i < 2}, s.clinical)
+              for i, s in enumerate(sessions)]
+    ridge = fit_ridge(sparse, mask=mask, affine=affine, clinical_schema=TOY_SCHEMA,
+                      modalities=MODS, seed=0)
+    folds = cross_fit(sparse, ridge, mask=mask, affine=affine, folds=2, seed=0)
+    for s, f in zip(sparse, folds):
+        assert set(f.modalities) == set(ridge.modalities)
+        f.predict(s, ('FDG',))  # every base can predict every modality
+
+
 def test_augmentation_changes_inputs_not_targets(cohort):
     from bids_synth.training.augment import augment_inputs
 

@@ -92,12 +92,16 @@ def cross_fit(sessions: Sequence[SessionArrays], model: RegressionImputer, *, ma
     for f in range(folds):
         train = [s for s in sessions if fold_of[s.subject] != f]
         try:
-            fitted.append(RegressionImputer.fit(
+            fold = RegressionImputer.fit(
                 train, mask=mask, affine=affine, clinical_schema=model.schema,
                 modalities=model.modalities, ridge=model.lam,
-                template=model.info.get('template')))
-        except DataError:  # too few sessions without this fold: the full model stands in
+                template=model.info.get('template'))
+        except DataError:
+            fold = None
+        if fold is None or set(fold.modalities) != set(model.modalities):
+            # too few sessions of some modality without this fold: the full model stands in
             LOG.warning('cross-fitted ridge: fold %d leaves too few sessions; using the '
                         'ridge of all training subjects for it', f)
-            fitted.append(model)
+            fold = model
+        fitted.append(fold)
     return [fitted[fold_of[s.subject]] for s in sessions]
