@@ -44,8 +44,13 @@ def test_mean_and_flow_losses_go_down(cohort, tmp_path):
     losses = json.loads((out / '.train_state' / 'state.json').read_text())['losses']
     for stage in ('mean', 'flow'):
         assert np.mean(losses[stage][-5:]) < 0.8 * np.mean(losses[stage][:5]), stage
-    card = DiffusionImputer.load(out).card()
+    model = DiffusionImputer.load(out)
+    card = model.card()
     assert card['training']['losses']['mean']['steps'] == 30
+    # validated with the training-subject ridge, written with one refitted on every subject
+    assert card['training']['split']['val_subjects']
+    assert model.ridge.info['n_subjects'] == len({s.subject for s in sessions})
+    assert 'refit' in model.ridge.info and 'ridge_selection' in model.ridge.info
     assert set(card['validation']) >= {'per_target', 'per_pattern', 'ridge'}
     assert len(card['architecture']['residual_scale']) == 8 * 8
     assert not (out / '.train_state' / 'state.safetensors').exists()

@@ -80,6 +80,27 @@ def _load_base(init_from: str | Path, mods: tuple[str, ...], res: int) -> Diffus
     return base
 
 
+def _refit_ridge(ridge, sessions, train, mask, affine):
+    """``ridge`` refitted on all ``sessions`` (same penalty); ``ridge`` itself when there are
+    no other sessions or a modality could not be fitted."""
+    from ..models.baseline import RegressionImputer
+
+    if len(sessions) == len(train):
+        return ridge
+    try:
+        full = RegressionImputer.fit(sessions, mask=mask, affine=affine,
+                                     clinical_schema=ridge.schema, modalities=ridge.modalities,
+                                     ridge=ridge.lam, template=ridge.info.get('template'))
+    except DataError:
+        return ridge
+    if set(full.modalities) != set(ridge.modalities):
+        return ridge
+    full.info['ridge_selection'] = ridge.info.get('ridge_selection')
+    full.info['refit'] = ('on every subject after validation; the penalty was chosen on the '
+                          'training subjects')
+    return full
+
+
 def train_diffusion(
     sessions: list[SessionArrays], *, mask: np.ndarray, clinical_schema: dict | None,
     out_dir: str | Path, modalities: tuple[str, ...] | list[str], res: int = DEFAULT_RES,
@@ -356,6 +377,10 @@ def train_diffusion(
     metrics = validate(model, val, mask, seed=seed)
     metrics['ridge'] = validate(ridge, val, mask, seed=seed)
     metrics['seconds'] = round(time.perf_counter() - t0, 1)
+    # the written model's ridge base is refitted on every subject (with the penalty chosen on
+    # the training subjects), as the regression method's final fit is: the validation above
+    # scored the training-only ridge, so it stays honest
+    model.ridge = _refit_ridge(ridge, sessions, train, mask, affine)
     counts = {m: sum(m in s.images for s in sessions) for m in mods}
     losses = {k: {'first10': float(np.mean(v[:10])), 'last10': float(np.mean(v[-10:])),
                   'steps': len(v)} for k, v in meta['losses'].items() if v}
