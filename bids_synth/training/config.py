@@ -43,7 +43,7 @@ class TrainConfig:
         'flow_channels': (16, 32), 'flow_attention': (False, False), 'num_head_channels': 16,
         'norm_num_groups': 8})
     ssl_steps: int = 50
-    mean_steps: int = 500
+    mean_steps: int = 800
     mean_lr: float = 1e-3
     flow_steps: int = 250
     flow_lr: float = 1e-3
