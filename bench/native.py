@@ -14,7 +14,7 @@ template brain mask on the model grid, as the model's own targets are). PSNR/SSI
 (``bids_synth.metrics.score``) inside the template brain mask mapped onto the native grid
 (the mask the refinement uses, less the guide's zero voxels).
 
-    python bench/native.py [--subjects 4] [--seed 47] [--sweep]
+    python bench/native.py [--subjects 8] [--seed 47] [--sweep]
 
 ``--sweep`` also scores a few (radius, eps) pairs, single and multi-channel: the defaults were
 chosen that way on another cohort (seed 31, 2 subjects: bench/results/native_tuning.json), so
@@ -168,7 +168,7 @@ def summarize(result: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--subjects', type=int, default=4)
+    p.add_argument('--subjects', type=int, default=8)
     p.add_argument('--seed', type=int, default=47)
     p.add_argument('--sweep', action='store_true')
     p.add_argument('--out', type=Path, default=HERE / 'results' / 'native.json')
