@@ -96,6 +96,9 @@ class Workflow:
     skull_strip: str = 'auto'
     """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
     (``force``) or never (``skip``)."""
+    native_refine: bool = True
+    """Native-space sMRI outputs: guided refinement with the acquired sMRI reference's detail
+    (``--no-native-refine`` turns it off)."""
 
 
 @dc.dataclass

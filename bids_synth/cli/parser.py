@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='sMRI inputs: N4 bias correction and deepbet brain extraction; "auto" '
                    'only for inputs that still have their skull (detected), "force" always, '
                    '"skip" never (as fMRIPrep --skull-strip-t1w)')
+    g.add_argument('--no-native-refine', dest='native_refine', action='store_false',
+                   help='write the native-space T1w/T2w/FLAIR as the model-grid output '
+                   'resampled, without the guided refinement that gives them the detail of the '
+                   'acquired sMRI reference (default: refine when the reference is an sMRI '
+                   'image finer than the model grid)')
     g.add_argument('--complete-dataset', type=Path, metavar='DIR',
                    help='also write DIR: a raw BIDS dataset, the input (hard links, else '
                    'copies) plus each synthesized T1w/T2w/FLAIR under a raw name with rec-synth, '

@@ -68,6 +68,9 @@ class ConformInput(SimpleInterface):
         with open(report, 'w') as f:
             json.dump({'modality': self.inputs.modality, 'in_file': str(self.inputs.in_file),
                        'transform_source': result.transform.source,
+                       # the native image as conformed (brain-masked when extraction ran):
+                       # the report draws its mask; the sidecars leave the path out
+                       'brain_file': str(result.native_reference),
                        **(result.brain or {'SkullStripped': None})}, f, indent=2)
         self._results['brain_report'] = report
         return runtime

@@ -44,6 +44,8 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
                              '(their JSON sidecars hold the registration QC)')
     brain_reports = traits.List(File(exists=True), desc='JSON records of the conform nodes '
                                 '(skull stripping, N4, precomputed fMRIPrep inputs)')
+    refinement = File(exists=True, desc='JSON record of the native refinement (RefineNative); '
+                      'absent: none was run')
 
 
 class _SynthDerivativesOutputSpec(TraitedSpec):
@@ -82,7 +84,9 @@ class SynthDerivatives(SimpleInterface):
             source_files=list(self.inputs.source_files),
             reference_file=self.inputs.reference_file,
             preprocessing=_read_reports(self.inputs.brain_reports),
+            native_refinement=_read_json(self.inputs.refinement),
         )
+        record['brain_masks'] = _brain_masks(self.inputs.brain_reports)
         out_record = os.path.join(runtime.cwd, 'record.json')
         with open(out_record, 'w') as f:
             json.dump(record, f, indent=2)
@@ -105,6 +109,26 @@ def registration_qc(transforms) -> dict:
     return out
 
 
+def _read_json(path) -> dict | None:
+    if not isdefined(path) or not path:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _brain_masks(paths) -> dict:
+    """modality -> {input, brain, mask_ml} for the inputs that were brain-extracted (report)."""
+    out = {}
+    for path in paths if isdefined(paths) else []:
+        with open(path) as f:
+            rec = json.load(f)
+        if rec.get('brain_extraction', 'none') != 'none' and rec.get('brain_file'):
+            out[rec['modality']] = {'input': rec.get('in_file'), 'brain': rec['brain_file'],
+                                    'mask_ml': rec.get('mask_ml'),
+                                    'method': rec['brain_extraction']}
+    return out
+
+
 def _read_reports(paths) -> dict:
     """modality -> conform record (what was done to each input before registration).
 
@@ -117,6 +141,7 @@ def _read_reports(paths) -> dict:
             rec = json.load(f)
         rec.pop('seconds', None)
         rec.pop('in_file', None)
+        rec.pop('brain_file', None)
         out[rec.pop('modality')] = rec
     return out
 
@@ -166,9 +191,14 @@ def _set_tr(img, tr: float):
 
 def write_synth_outputs(
     *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
-    reference_file, preprocessing=None,
+    reference_file, preprocessing=None, native_refinement=None,
 ) -> dict:
-    """Write every file of one synthesized modality; return the record (paths relative)."""
+    """Write every file of one synthesized modality; return the record (paths relative).
+
+    ``native_refinement`` (the :class:`~bids_synth.interfaces.refine.RefineNative` record) goes
+    into the native image's sidecar only (``bids_synth.native_refinement``): the template-space
+    image and the std map are not refined.
+    """
     import nibabel as nib
     from bids.layout import parse_file_entities
 
@@ -208,6 +238,8 @@ def write_synth_outputs(
                                 'was kept with --force (see bids_synth.registration_qc).')
     record = {'subject': subject, 'session': session, 'target': target, 'files': {},
               'source_files': [p for p in source_files], 'provenance': provenance}
+    if native_refinement:
+        record['native_refinement'] = native_refinement
     jobs = [(k, images.get(k), 'synthstd' if k.endswith('std') else 'synth')
             for k in ('template', 'native', 'template_std', 'native_std')]
     if mod.family != 'dmri':  # a dwi sample would need a gradient table of its own
@@ -243,6 +275,15 @@ def write_synth_outputs(
         side['bids_synth'] = dict(provenance, space=space or 'native', output=kind)
         if preprocessing:  # per input: SkullStripped as found, N4, brain extraction, xfm source
             side['bids_synth']['preprocessing'] = preprocessing
+        if kind == 'native' and native_refinement:
+            side['bids_synth']['native_refinement'] = native_refinement
+            if native_refinement.get('applied'):
+                guides = ' and '.join([native_refinement.get('guide_modality', '?')]
+                                      + native_refinement.get('extra_guide_modalities', []))
+                side['Description'] += (
+                    ' On this native grid the image was refined with the detail of the acquired '
+                    f'{guides} (guided filter; see bids_synth.native_refinement); intensities '
+                    'stay in model units.')
         path = derivative_path(out, subject=subject, session=session, modality=target,
                                space=space, res=res if space else None, desc=desc)
         write_nifti_atomic(main, path)

@@ -11,7 +11,7 @@ import json
 import warnings
 from pathlib import Path
 
-__all__ = ['mosaic', 'subject_report', 'group_report']
+__all__ = ['mosaic', 'mask_mosaic', 'subject_report', 'group_report']
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -47,6 +47,44 @@ def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray') -> 
             title=title or None, black_bg=True, annotate=False, colorbar=False,
             draw_cross=False,
         )
+    tmp = out_png.with_name(f'.tmp-{out_png.name}')
+    display.savefig(str(tmp), dpi=80)
+    display.close()
+    plt.close('all')
+    tmp.replace(out_png)
+    return out_png
+
+
+def mask_mosaic(in_file, brain_file, out_png: str | Path, title: str = '') -> Path:
+    """Save an axial mosaic of an input with its brain-mask contour (red) as PNG.
+
+    ``brain_file`` is the brain-extracted image on the input's grid (0 outside the brain), as
+    the conform node writes it; its non-zero voxels are the mask.
+    """
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    import numpy as np
+    from nilearn import image, plotting
+
+    img = nib.load(str(in_file))
+    if img.ndim == 4:
+        img = image.index_img(img, 0)
+    brain = nib.load(str(brain_file))
+    data = np.asarray(brain.dataobj)
+    mask = nib.Nifti1Image((data.reshape(data.shape[:3]) > 0).astype(np.uint8), brain.affine)
+    raw = np.asarray(img.dataobj, dtype=np.float32)
+    vmax = float(np.percentile(raw[np.isfinite(raw)], 99.5)) if raw.size else 1.0
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        display = plotting.plot_img(img, display_mode='z', cut_coords=7, cmap='gray', vmin=0,
+                                    vmax=vmax, title=title or None, black_bg=True,
+                                    annotate=False, colorbar=False, draw_cross=False)
+        display.add_contours(mask, levels=[0.5], colors='r', linewidths=1.0)
     tmp = out_png.with_name(f'.tmp-{out_png.name}')
     display.savefig(str(tmp), dpi=80)
     display.close()
@@ -98,6 +136,26 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
                 name = Path(src).name.split('.')[0]
                 png = mosaic(src, figdir / f'{name}_input.png', f'input: {name}')
                 parts.append(f'<img src="{png.relative_to(out)}" alt="input {name}">')
+        masks_done = set()
+        for rec in recs:  # brain extraction (--skull-strip): the mask over the raw input
+            for mod, info in sorted(rec.get('brain_masks', {}).items()):
+                if mod in masks_done or not info.get('input') or not info.get('brain'):
+                    continue
+                masks_done.add(mod)
+                name = Path(info['input']).name.split('.')[0]
+                try:
+                    png = mask_mosaic(info['input'], info['brain'],
+                                      figdir / f'{name}_desc-brain_mask.png',
+                                      f'brain mask: {name}')
+                except (OSError, ValueError) as exc:  # the work dir was cleaned: say so
+                    parts.append(f'<p class="note">Brain mask of {html.escape(name)} not '
+                                 f'drawn: {html.escape(str(exc))}</p>')
+                    continue
+                vol = info.get('mask_ml')
+                parts.append(f'<h4>Brain extraction: {html.escape(name)}</h4><p>'
+                             f'{html.escape(str(info.get("method", "")))}, mask '
+                             f'{vol if vol is not None else "?"} mL (red contour).</p>'
+                             f'<img src="{png.relative_to(out)}" alt="brain mask {name}">')
         for rec in sorted(recs, key=lambda r: r['target']):
             prov = rec.get('provenance', {})
             parts.append(f'<h3>synthesized {html.escape(rec["target"])}</h3>')
@@ -119,6 +177,15 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
                 png = mosaic(out / sample, figdir / f'{label}_desc-synthsample1{rec["target"]}.png',
                              f'one sample of {rec["target"]} (template space)')
                 parts.append(f'<img src="{png.relative_to(out)}" alt="sample">')
+            ref = rec.get('native_refinement')
+            if ref:
+                guides = ' and '.join([ref.get('guide_modality', '?')]
+                                      + ref.get('extra_guide_modalities', []))
+                what = (f'refined with the detail of the acquired {guides} '
+                        f'(guided filter, radius {ref.get("radius_mm")} mm, eps '
+                        f'{ref.get("eps")})' if ref.get('applied') else
+                        f'not refined: {ref.get("reason", "")}')
+                parts.append(f'<p>Native-space image: {html.escape(what)}.</p>')
             files = [(k, v) for k, v in sorted(rec['files'].items())]
             parts.append(_table(files, ('output', 'file')))
             clin = prov.get('clinical_used', {})

@@ -4,6 +4,8 @@ Organization (participant level), per subject and session::
 
     conform_<mod>  (one per available input)  ──▶ merge_inputs ──▶ synth_<target> ──▶ ds_<target>
     conform_<reference> ── transform, native grid ──▶ native_<target> ───────────────▶ ds_<target>
+    (sMRI target, sMRI reference)   native_<target> ──▶ refine_<target> ──▶ ds_<target>
+    (guides: every acquired sMRI input, conformed)  ──▶ refine_<target>
                                                           ds_* ──▶ report (per subject)
 
 Inputs are found at graph-build time (``bids.layout.collect_sessions``, as fMRIPrep's
@@ -19,10 +21,12 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..bids.derivatives import bids_uri
 from ..bids.modalities import MODALITIES
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
+from ..interfaces.refine import RefineNative
 from ..interfaces.reports import SubjectReport
 from ..interfaces.synthesis import FitModel, Synthesize
 
@@ -105,6 +109,7 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             force=config.execution.force,
             skull_strip=config.workflow.skull_strip,
             precomputed=_precomputed(config, inv),
+            native_refine=config.workflow.native_refine,
         )
         entries.append((inv, ses_wf, targets))
     if not entries:
@@ -158,12 +163,16 @@ def init_session_synth_wf(
     force=False,
     skull_strip='auto',
     precomputed=None,
+    native_refine=True,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
 
     ``skull_strip`` goes to every sMRI conform node; ``precomputed`` (fMRIPrep/sMRIPrep outputs,
     :func:`~bids_synth.preprocessing.precomputed.find_precomputed`) to the T1w's.
+    ``native_refine``: sMRI targets of a session whose reference is an sMRI image get a
+    ``refine_<target>`` node (:class:`~bids_synth.interfaces.refine.RefineNative`) between
+    ``native_<target>`` and ``ds_<target>``: the native output takes the reference's detail.
 
     Outputs
     -------
@@ -200,6 +209,17 @@ def init_session_synth_wf(
         wf.connect([(node, merge_brain, [('brain_report', f'in{i}')])])  # fmt:skip
 
     use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
+    smri_reference = MODALITIES[ref.modality].family == 'smri'
+    # the other acquired sMRI images: more guide channels of the native refinement
+    extra_guides = [m for m in inputs if m != ref.modality and MODALITIES[m].family == 'smri']
+    if native_refine and smri_reference and extra_guides:
+        merge_guides = pe.Node(niu.Merge(len(extra_guides)), name='merge_guides')
+        merge_guide_xfms = pe.Node(niu.Merge(len(extra_guides)), name='merge_guide_xfms')
+        for i, mod in enumerate(extra_guides, start=1):
+            wf.connect([
+                (conform_nodes[mod], merge_guides, [('native_reference', f'in{i}')]),
+                (conform_nodes[mod], merge_guide_xfms, [('transform', f'in{i}')]),
+            ])  # fmt:skip
     for target in targets:
         synth = pe.Node(
             Synthesize(
@@ -233,10 +253,32 @@ def init_session_synth_wf(
                                                    ('native_reference', 'native_reference')]),
             (synth, ds, [('out_file', 'template_file'), ('provenance', 'provenance')]),
             (merge_qc, ds, [('out', 'transforms')]),
-            (native, ds, [('out_file', 'native_file')]),
             (merge_brain, ds, [('out', 'brain_reports')]),
             (ds, outputnode, [('out_record', target)]),
         ])  # fmt:skip
+        if native_refine and smri_reference and MODALITIES[target].family == 'smri':
+            refine = pe.Node(
+                RefineNative(res=res, guide_modality=ref.modality,
+                             guide_uri=bids_uri(bids_dir, ref.path),
+                             extra_modalities=extra_guides,
+                             extra_uris=[bids_uri(bids_dir, inv.files[m].path)
+                                         for m in extra_guides]),
+                name=f'refine_{target}', mem_gb=1.5,
+            )
+            if extra_guides:
+                wf.connect([
+                    (merge_guides, refine, [('out', 'extra_guides')]),
+                    (merge_guide_xfms, refine, [('out', 'extra_transforms')]),
+                ])  # fmt:skip
+            wf.connect([
+                (native, refine, [('out_file', 'in_file')]),
+                (conform_nodes[ref.modality], refine, [('native_reference', 'guide'),
+                                                       ('transform', 'transform'),
+                                                       ('brain_report', 'guide_report')]),
+                (refine, ds, [('out_file', 'native_file'), ('refinement', 'refinement')]),
+            ])  # fmt:skip
+        else:
+            wf.connect([(native, ds, [('out_file', 'native_file')])])  # fmt:skip
         if write_samples:
             wf.connect([(synth, ds, [('out_samples', 'template_samples')])])  # fmt:skip
         if num_samples > 1:
