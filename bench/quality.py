@@ -50,8 +50,9 @@ AUC_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45')
 PAIR = ('T1w', 'FDG')
 
 
-def _conform_cohort(bids_dir: Path, work: Path, res: int):
-    """Conform every image of every session; list of SessionArrays."""
+def _conform_cohort(bids_dir: Path, work: Path, res: int, force: bool = False):
+    """Conform every image of every session; list of SessionArrays. ``force`` keeps inputs
+    that fail the registration QC (as ``--force``: another scanner's contrast may)."""
     from bids_synth.bids.clinical import load_clinical
     from bids_synth.bids.layout import collect_sessions, load_layout
     from bids_synth.models.imputer import SessionArrays
@@ -67,7 +68,8 @@ def _conform_cohort(bids_dir: Path, work: Path, res: int):
             f = inv.files[mod]
             cache = work / inv.label / f'{mod}.nii.gz'
             if not cache.is_file():
-                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=f.metadata)
+                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=f.metadata,
+                               force=force)
                 save_conformed(res_, cache, tpl)
             images[mod] = load_conformed(cache)
         out.append(SessionArrays(inv.subject, inv.session, images,
@@ -115,7 +117,8 @@ def _cohort(work: Path, name: str, res: int, **kwargs):
     if not (bids / 'dataset_description.json').is_file():
         kwargs.setdefault('missing', 0.0)
         generate_cohort(bids, ground_truth=work / name / 'gt', **kwargs)
-    return bids, _conform_cohort(bids, work / name / 'conformed', res)
+    return bids, _conform_cohort(bids, work / name / 'conformed', res,
+                                 force=bool(kwargs.get('shift_contrast')))
 
 
 def _same_subjects(a, b, what):

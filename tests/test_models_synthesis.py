@@ -79,12 +79,14 @@ def test_same_seed_same_image(trained):
     a, b = DiffusionImputer.load(path), DiffusionImputer.load(path)
     s = SessionArrays('x', None, {'T1w': sessions[1].images['T1w']}, {})
     for sampler in ('rflow', 'ddim'):
-        p1 = a.predict(s, ('FDG',), seed=7, sampler=sampler, num_samples=1)['FDG']
-        p2 = b.predict(s, ('FDG',), seed=7, sampler=sampler, num_samples=1)['FDG']
-        p3 = a.predict(s, ('FDG',), seed=8, sampler=sampler, num_samples=1)['FDG']
-        np.testing.assert_array_equal(p1.mean, p2.mean)
+        kw = dict(sampler=sampler, num_samples=1, return_samples=True)
+        p1 = a.predict(s, ('FDG',), seed=7, **kw)['FDG']
+        p2 = b.predict(s, ('FDG',), seed=7, **kw)['FDG']
+        p3 = a.predict(s, ('FDG',), seed=8, **kw)['FDG']
+        np.testing.assert_array_equal(p1.samples, p2.samples)
         assert p1.std is None
-        assert not np.array_equal(p1.mean, p3.mean)
+        assert not np.array_equal(p1.samples, p3.samples)
+        np.testing.assert_array_equal(p1.mean, p3.mean)  # the mean network: no noise
 
 
 def test_samples_mean_and_the_mean_network_alone(trained):
@@ -94,8 +96,11 @@ def test_samples_mean_and_the_mean_network_alone(trained):
     p = model.predict(s, ('FDG', 'bold'), seed=1, num_samples=3, return_samples=True)
     for t in ('FDG', 'bold'):
         assert p[t].samples.shape == (3, *sessions[1].images[t].shape)
-        np.testing.assert_allclose(p[t].samples.mean(0), p[t].mean, atol=1e-5)
         np.testing.assert_allclose(p[t].samples.std(0), p[t].std, atol=1e-5)
+        # desc-synth is the mean network's output, whatever K: the samples spread around it
+        alone = model.predict(s, (t,), num_samples=0)[t].mean
+        np.testing.assert_allclose(p[t].mean, alone, atol=1e-6)
+        assert float(np.abs(p[t].samples - alone[None]).max()) > 0
         assert float(np.abs(p[t].samples[:, :, ~mask]).max()) == 0  # nothing outside the brain
     only = model.predict(s, ('FDG',), num_samples=0)['FDG']
     assert only.std is None and only.samples is None and only.extra['num_samples'] == 0

@@ -1,7 +1,7 @@
 """Writing the BIDS-Derivatives dataset: names, dataset_description.json, atomic writers.
 
-A synthesized image never takes a raw file name: ``desc-synth`` (mean of the samples) or
-``desc-synthstd`` (their standard deviation) is always in the name.
+A synthesized image never takes a raw file name: ``desc-synth`` (the estimate) or
+``desc-synthstd`` (the samples' standard deviation) is always in the name.
 
 What ``bids-validator-deno`` 3.0.2 (schema 1.2.7) wants of these files (tried on a small tree,
 kept as a test in ``tests/test_derivatives.py``):

@@ -189,6 +189,15 @@ def _set_tr(img, tr: float):
     return img
 
 
+
+def _estimate(method, n_samples) -> str:
+    """What a desc-synth image is, for its Description."""
+    if method == 'diffusion':
+        spread = (f', the spread of {n_samples} residual samples in desc-synthstd'
+                  if n_samples and n_samples > 1 else '')
+        return f'the mean network\'s estimate of the posterior mean{spread}'
+    return 'a deterministic estimate'
+
 def write_synth_outputs(
     *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
     reference_file, preprocessing=None, native_refinement=None,
@@ -225,7 +234,8 @@ def write_synth_outputs(
     base = {
         'Description': (
             f'{target} synthesized by bids_synth ({provenance.get("method")}) from '
-            f'{inputs_txt}; mean of {n_samples} sample(s). Not acquired: an imputation. '
+            f'{inputs_txt}; {_estimate(provenance.get("method"), n_samples)}. Not acquired: '
+            'an imputation. '
             f'Intensities are in the model representation: {mod.description}.'
         ),
         'Sources': sources,
@@ -259,7 +269,7 @@ def write_synth_outputs(
             side['Description'] = (f'One sample ({kind[len("template_sample"):]} of '
                                    f'{n_samples}) of the synthesized {target}: a single draw '
                                    'with realistic texture, for augmentation; the desc-synth '
-                                   'image (their mean) is the better estimate.')
+                                   'image (the mean network) is the better estimate.')
         if space:
             side['SpatialReference'] = {'URI': f'https://templateflow.org/{space}'}
             side['Resolution'] = {str(res): f'{res} mm isotropic model grid of bids_synth'}

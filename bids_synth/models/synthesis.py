@@ -8,8 +8,10 @@ One prediction (DESIGN.md 2b):
 3. the mean network (:mod:`.mean_network`) corrects the ridge: the posterior-mean estimate;
 4. the residual flow (:mod:`.residual_flow`) draws K residuals (``num_samples``) with a few
    rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``;
-5. ``mean`` is the mean network's output plus the mean of the K residuals, ``std`` their
-   standard deviation, ``samples`` each one on request. ``num_samples=0`` skips the flow.
+5. ``mean`` is the mean network's output (the posterior-mean estimate; adding the mean of K
+   residuals only added the flow's bias and Monte Carlo noise: docs/model.md), ``std`` the
+   standard deviation of the K samples ``mean + residual``, ``samples`` each one on request.
+   ``num_samples=0`` skips the flow.
 
 :class:`DiffusionImputer` fulfils the ``models.imputer.Imputer`` protocol. Inputs of a
 prediction are the session's modalities that the model knows, minus the targets (asking for a
@@ -224,8 +226,9 @@ class DiffusionImputer:
         seed : int
             Seeds the residual noise (``torch.Generator``); same seed, same output on CPU.
         num_samples : int, optional
-            K residual samples (the card's default when ``None``); 0: the mean network alone.
-            ``std`` is ``None`` when K < 2.
+            K residual samples (the card's default when ``None``): their spread is ``std``
+            (``None`` when K < 2) and each is ``mean + residual``. ``mean`` is the mean
+            network's output whatever K (0: no sampling at all).
         device : str
         sampler, steps : optional
             Override the card's sampler defaults.
@@ -277,12 +280,16 @@ class DiffusionImputer:
             noise = torch.cat([half, -half])[:k].to(device)
             resid = sample(lambda r, t: net.flow(r, t, cond), noise, sampler=sampler,
                            steps=steps, num_train_timesteps=spec.num_train_timesteps)
-            out_coefs = mean + resid * net.residual_scale(resid)
+            samples = (net.to_images(mean + resid * net.residual_scale(resid)).float()
+                       .cpu().numpy() * self.mask[None, None])  # (K, C_total, X, Y, Z)
         else:
-            out_coefs = mean
-        imgs = (net.to_images(out_coefs).float().cpu().numpy()
-                * self.mask[None, None])  # (K or 1, C_total, X, Y, Z)
-        if not np.isfinite(imgs).all():
+            samples = None
+        # desc-synth is the mean network's output, the estimate of the posterior mean: the mean
+        # of K flow residuals has expectation 0 when the flow is calibrated, so adding it only
+        # adds Monte Carlo noise and the flow's bias (measured: 0.1-1.2 dB worse, docs/model.md)
+        imgs = net.to_images(mean).float().cpu().numpy() * self.mask[None, None]  # (1, C, ...)
+        if not np.isfinite(imgs).all() or (samples is not None
+                                           and not np.isfinite(samples).all()):
             raise ModelError(f'{where}: the model produced non-finite values '
                              '(a diverged or corrupted model?)')
         weights = fus['weights'][0].cpu().numpy()
@@ -299,9 +306,9 @@ class DiffusionImputer:
         out = {}
         csl = spec.channel_slices()
         for t in targets:
-            per = imgs[:, csl[t]]
+            per = None if samples is None else samples[:, csl[t]]
             out[t] = Prediction(
-                mean=per.mean(axis=0).astype(np.float32),
+                mean=imgs[0, csl[t]].astype(np.float32),
                 std=per.std(axis=0).astype(np.float32) if k > 1 else None,
                 extra=dict(extra_common),
                 samples=per.astype(np.float32) if return_samples and k > 0 else None)
