@@ -270,7 +270,9 @@ class DiffusionImputer:
         coefs = net.to_coefs(images)
         mean, fus = net.mean(coefs, net.to_coefs(torch.from_numpy(base)[None].to(device)),
                              net.frequency(images), avail, clin)
-        if k > 0:
+        # the flow runs only when its draws are used: a std (K > 1) or the samples themselves
+        draw = k > 1 or (k > 0 and return_samples)
+        if draw:
             cond = net.flow.condition(mean, coefs, avail).expand(k, -1, -1, -1, -1)
             gen = torch.Generator(device='cpu').manual_seed(int(seed))
             half = torch.randn(((k + 1) // 2, *mean.shape[1:]), generator=gen)
@@ -300,7 +302,8 @@ class DiffusionImputer:
             'inputs': [m for i, m in enumerate(self.modalities) if present[i]],
             'clinical_used': {c: v for c, v in clinical.items()
                               if c in net.schema and v is not None},
-            'sampler': sampler if k else None, 'steps': steps if k else 0, 'seed': int(seed),
+            'sampler': sampler if draw else None, 'steps': steps if draw else 0,
+            'seed': int(seed),
             'num_samples': k,
         }
         out = {}
@@ -311,5 +314,5 @@ class DiffusionImputer:
                 mean=imgs[0, csl[t]].astype(np.float32),
                 std=per.std(axis=0).astype(np.float32) if k > 1 else None,
                 extra=dict(extra_common),
-                samples=per.astype(np.float32) if return_samples and k > 0 else None)
+                samples=per.astype(np.float32) if return_samples and draw else None)
         return out

@@ -22,8 +22,12 @@ text-align:left;font-size:.9em}th{background:#f3f3f3}img{max-width:100%;margin:.
 """
 
 
-def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray') -> Path:
-    """Save an axial mosaic of a 3D image (first volume of a 4D one) as PNG."""
+def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray',
+           contour=None) -> Path:
+    """Save an axial mosaic of a 3D image (first volume of a 4D one) as PNG.
+
+    ``contour``: an image whose non-zero voxels are outlined in red (e.g. a brain mask).
+    """
     import matplotlib
 
     matplotlib.use('Agg')
@@ -47,6 +51,8 @@ def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray') -> 
             title=title or None, black_bg=True, annotate=False, colorbar=False,
             draw_cross=False,
         )
+        if contour is not None:
+            display.add_contours(contour, levels=[0.5], colors='r', linewidths=1.0)
     tmp = out_png.with_name(f'.tmp-{out_png.name}')
     display.savefig(str(tmp), dpi=80)
     display.close()
@@ -61,36 +67,13 @@ def mask_mosaic(in_file, brain_file, out_png: str | Path, title: str = '') -> Pa
     ``brain_file`` is the brain-extracted image on the input's grid (0 outside the brain), as
     the conform node writes it; its non-zero voxels are the mask.
     """
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     import nibabel as nib
     import numpy as np
-    from nilearn import image, plotting
 
-    img = nib.load(str(in_file))
-    if img.ndim == 4:
-        img = image.index_img(img, 0)
     brain = nib.load(str(brain_file))
     data = np.asarray(brain.dataobj)
     mask = nib.Nifti1Image((data.reshape(data.shape[:3]) > 0).astype(np.uint8), brain.affine)
-    raw = np.asarray(img.dataobj, dtype=np.float32)
-    vmax = float(np.percentile(raw[np.isfinite(raw)], 99.5)) if raw.size else 1.0
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
-        display = plotting.plot_img(img, display_mode='z', cut_coords=7, cmap='gray', vmin=0,
-                                    vmax=vmax, title=title or None, black_bg=True,
-                                    annotate=False, colorbar=False, draw_cross=False)
-        display.add_contours(mask, levels=[0.5], colors='r', linewidths=1.0)
-    tmp = out_png.with_name(f'.tmp-{out_png.name}')
-    display.savefig(str(tmp), dpi=80)
-    display.close()
-    plt.close('all')
-    tmp.replace(out_png)
-    return out_png
+    return mosaic(str(in_file), out_png, title, contour=mask)
 
 
 def _table(rows: list[tuple], header: tuple) -> str:

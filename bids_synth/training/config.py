@@ -7,7 +7,7 @@ included, within 60 minutes on 2 CPU cores: docs/model.md has the measured step 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = ['TrainConfig', 'PRESETS', 'get_config']
 
@@ -63,6 +63,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def with_steps(self, n: int) -> TrainConfig:
+        """``--train-steps n``: the mean network gets n steps, the flow n // 2 and the fusion
+        pretraining at most n."""
+        return replace(self, mean_steps=int(n), flow_steps=max(1, int(n) // 2),
+                       ssl_steps=min(self.ssl_steps, int(n)))
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
@@ -106,12 +112,14 @@ def get_config(config: TrainConfig | dict | str | None) -> TrainConfig:
             msg = f'unknown training preset {config!r}; known: {list(PRESETS)}'
             raise ValueError(msg) from None
     config = dict(config)
-    if 'steps' in config:
-        n = int(config.pop('steps'))
-        config.setdefault('mean_steps', n)
-        config.setdefault('flow_steps', max(1, n // 2))
-        config.setdefault('ssl_steps', min(PRESETS['default'].ssl_steps, n))
+    steps = config.pop('steps', None)
     base = PRESETS['default'].to_dict()
     if isinstance(config.get('model'), dict):  # model overrides merge into the recipe's
         config['model'] = {**base['model'], **config['model']}
-    return TrainConfig.from_dict({**base, **config})
+    cfg = TrainConfig.from_dict({**base, **config})
+    if steps is None:
+        return cfg
+    # explicit step counts in the dict win over those 'steps' implies
+    implied = cfg.with_steps(int(steps))
+    return replace(implied, **{k: config[k] for k in ('mean_steps', 'flow_steps', 'ssl_steps')
+                               if k in config})

@@ -58,16 +58,11 @@ def recipe(train_config='', train_steps=0):
 
     from .config import PRESETS, get_config
 
-    if train_config in PRESETS:
-        base = PRESETS[train_config].to_dict()
-    elif train_config:
-        base = get_config(json.loads(Path(train_config).read_text())).to_dict()
+    if train_config in PRESETS or not train_config:
+        cfg = get_config(train_config or None)
     else:
-        base = PRESETS['default'].to_dict()
-    if train_steps:
-        base.update(mean_steps=train_steps, flow_steps=max(1, train_steps // 2),
-                    ssl_steps=min(base['ssl_steps'], train_steps))
-    return get_config(base)
+        cfg = get_config(json.loads(Path(train_config).read_text()))
+    return cfg.with_steps(train_steps) if train_steps else cfg
 
 
 def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, seed=0,
