@@ -59,7 +59,26 @@ class ModelSpec:
         networks on one scale. Empty: 1 for every channel.
     residual_scale : tuple of float
         Per coefficient channel, the root-mean-square (in the scaled units) of the mean
-        network's residual on the training data: the flow works on residuals divided by it.
+        network's residual on the training data, after division by the spatial residual map
+        (``SynthesisNet.resid_map``): the flow works on residuals divided by both.
+    flow_precond : bool
+        Precondition the flow network (EDM, Karras et al. 2022, in the rectified-flow
+        parametrization): ``x0_hat = c_skip(s) r_s + c_out(s) F(c_in(s) r_s)``, so that an
+        untrained network is already the best linear denoiser of unit-variance residuals and the
+        network only learns what departs from it. ``False`` (models of earlier versions): the
+        network predicts ``x0`` directly.
+    gate : tuple of float
+        Per modality, the fraction ``a`` of the mean network's correction kept:
+        ``mean = base + a (network - base)``, chosen on the validation subjects (standard
+        contrast never more than a margin below the ridge, the best score on contrast-shifted
+        inputs otherwise; ``training/calibration.py``). Empty: 1 for every modality.
+    std_scale : tuple of float
+        Per modality, the factor of the residual samples that makes mean +/- 1.645 std cover
+        90% of the validation voxels (split conformal calibration). Empty: 1.
+    typicality : tuple of float
+        Per modality, the mean input-typicality score (``uncertainty.typicality``) of the
+        validation sessions' images: the reference a prediction's inputs are compared with.
+        Empty: no inflation of the std for atypical inputs.
     sampler : str
         Default sampler of the residual flow, ``'rflow'`` or ``'ddim'``.
     steps : int
@@ -85,6 +104,10 @@ class ModelSpec:
     num_train_timesteps: int = 1000
     channel_scale: tuple[float, ...] = ()
     residual_scale: tuple[float, ...] = ()
+    flow_precond: bool = False
+    gate: tuple[float, ...] = ()
+    std_scale: tuple[float, ...] = ()
+    typicality: tuple[float, ...] = ()
     sampler: str = 'rflow'
     steps: int = 8
     num_samples: int = 4
@@ -99,11 +122,15 @@ class ModelSpec:
             raise ValueError('ModelSpec: flow_channels and flow_attention differ in length')
         if self.sampler not in ('rflow', 'ddim'):
             raise ValueError(f'ModelSpec: sampler must be rflow or ddim, got {self.sampler!r}')
+        m = len(self.modalities)
         for name, n in (('channel_scale', self.total_channels),
-                        ('residual_scale', self.coef_channels_total)):
+                        ('residual_scale', self.coef_channels_total),
+                        ('std_scale', m), ('typicality', m)):
             v = getattr(self, name)
             if v and (len(v) != n or min(v) <= 0):
                 raise ValueError(f'ModelSpec: {name} needs {n} positive values, got {len(v)}')
+        if self.gate and (len(self.gate) != m or not all(0 <= g <= 1 for g in self.gate)):
+            raise ValueError(f'ModelSpec: gate needs {m} values in [0, 1], got {self.gate}')
         if any(s % 2 for s in self.shape):
             raise ValueError(f'ModelSpec: grid {self.shape} must have even sizes (Haar level)')
 
@@ -132,6 +159,14 @@ class ModelSpec:
     def residual_scales(self) -> tuple[float, ...]:
         """``residual_scale``, or ones when it is empty."""
         return tuple(self.residual_scale) or (1.0,) * self.coef_channels_total
+
+    def gates(self) -> tuple[float, ...]:
+        """``gate``, or ones when it is empty."""
+        return tuple(self.gate) or (1.0,) * len(self.modalities)
+
+    def std_scales(self) -> tuple[float, ...]:
+        """``std_scale``, or ones when it is empty."""
+        return tuple(self.std_scale) or (1.0,) * len(self.modalities)
 
     def channel_slices(self) -> dict[str, slice]:
         """Image-channel range of each modality in the stacked (C_total, X, Y, Z) array."""

@@ -6,8 +6,12 @@ One prediction (DESIGN.md 2b):
 2. images become Haar coefficients (:mod:`.wavelet`), each channel divided by its intensity
    scale;
 3. the mean network (:mod:`.mean_network`) corrects the ridge: the posterior-mean estimate;
+   the fraction of its correction kept per modality (``spec.gate``) was chosen on the
+   validation subjects;
 4. the residual flow (:mod:`.residual_flow`) draws K residuals (``num_samples``) with a few
-   rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``;
+   rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``; they are
+   scaled back by the residual map and scales, the conformal std scale and the inflation for
+   atypical inputs (:mod:`.uncertainty`);
 5. ``mean`` is the mean network's output (the posterior-mean estimate; adding the mean of K
    residuals only added the flow's bias and Monte Carlo noise: docs/model.md), ``std`` the
    standard deviation of the K samples ``mean + residual``, ``samples`` each one on request.
@@ -37,6 +41,7 @@ from .imputer import Prediction, SessionArrays
 from .mean_network import MeanNetwork
 from .residual_flow import ResidualFlow
 from .sampler import SAMPLERS, sample
+from .uncertainty import coarse, inflation, stats_shape, to_coef_grid, typicality
 from .wavelet import dwt3, idwt3
 
 __all__ = ['SynthesisNet', 'DiffusionImputer', 'stack_images']
@@ -86,6 +91,12 @@ class SynthesisNet(nn.Module):
         self.spec = spec
         self.mean = MeanNetwork(spec, schema)
         self.flow = ResidualFlow(spec)
+        coarse_grid = (spec.total_channels, *stats_shape(spec.coef_shape))
+        # uncertainty maps on a coarse grid (models/uncertainty.py), set by the trainer:
+        # the residual's spatial pattern, the training cohort's low-pass mean and std
+        self.register_buffer('resid_map', torch.ones(coarse_grid))
+        self.register_buffer('input_mean', torch.zeros(coarse_grid))
+        self.register_buffer('input_std', torch.ones(coarse_grid))
 
     @property
     def schema(self) -> dict:
@@ -112,9 +123,27 @@ class SynthesisNet(nn.Module):
         """Fourier features (B, C_total, x, y, z) of images, on the coefficient grid."""
         return pooled_frequency_features(images / self._scales(images), 2, self.spec.freq_cutoff)
 
+    def per_modality(self, values, like: torch.Tensor) -> torch.Tensor:
+        """Per-modality values repeated over their coefficient channels: (1, 8 C_total, 1, 1, 1)."""
+        reps = torch.tensor([c * self.spec.subbands for c in self.spec.channels])
+        v = torch.repeat_interleave(torch.tensor(values, dtype=like.dtype), reps)
+        return v.to(like.device)[None, :, None, None, None]
+
+    def residual_map(self, like: torch.Tensor) -> torch.Tensor:
+        """Spatial residual map on the coefficient grid, per coefficient channel:
+        (1, 8 C_total, x, y, z)."""
+        m = to_coef_grid(self.resid_map.to(like.dtype), like.shape[2:])
+        return m.repeat_interleave(self.spec.subbands, dim=1)
+
     def residual_scale(self, like: torch.Tensor) -> torch.Tensor:
-        """Per coefficient channel residual scale, shape (1, 8 C_total, 1, 1, 1)."""
-        return self._scales(like, residual=True)
+        """Scale of the residual the flow works on: the spatial map times the per coefficient
+        channel scale, broadcastable to ``like`` (B, 8 C_total, x, y, z)."""
+        return self.residual_map(like) * self._scales(like, residual=True)
+
+    def typicality(self, coefs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per image channel typicality score (B, C_total) of coefficients (B, 8 C_total, ...)
+        on the coarse-grid ``mask`` (:func:`.uncertainty.typicality`)."""
+        return typicality(coefs[:, ::self.spec.subbands], self.input_mean, self.input_std, mask)
 
 
 class DiffusionImputer:
@@ -142,6 +171,8 @@ class DiffusionImputer:
         if missing:
             raise ModelError(f'the ridge base lacks {sorted(missing)}')
         self.mask = np.asarray(ridge.mask, bool)
+        m = torch.from_numpy(self.mask.astype(np.float32))[None, None]
+        self.coarse_mask = coarse(coarse(m))[0, 0] >= 0.5  # model grid -> coefficients -> coarse
         self._card = dict(card or {})
 
     # -- files ---------------------------------------------------------------------------------
@@ -212,6 +243,41 @@ class DiffusionImputer:
         return stacked
 
     @torch.no_grad()
+    def components(self, inputs: dict[str, np.ndarray], clinical: dict, device: str = 'cpu',
+                   where: str = 'session') -> dict:
+        """The pieces of a prediction, in coefficients (B = 1): ``base`` (ridge), ``network``
+        (the mean network's output, ungated), ``coefs`` of the inputs, ``avail``, ``present``,
+        ``fusion`` and the ``net`` on ``device``."""
+        stacked, present = stack_images(inputs, self.spec, where)
+        base = self.base(inputs, clinical)
+        net = self.net.to(device)
+        images = torch.from_numpy(stacked)[None].to(device)
+        avail = torch.from_numpy(present)[None].to(device)
+        clin = clinical_batch([clinical], net.schema).to(device)
+        coefs = net.to_coefs(images)
+        base_c = net.to_coefs(torch.from_numpy(base)[None].to(device))
+        network, fus = net.mean(coefs, base_c, net.frequency(images), avail, clin)
+        return {'base': base_c, 'network': network, 'coefs': coefs, 'avail': avail,
+                'present': present, 'fusion': fus, 'net': net}
+
+    def gated(self, base: torch.Tensor, network: torch.Tensor,
+              gates: tuple[float, ...] | None = None) -> torch.Tensor:
+        """``base + gate (network - base)`` per modality (``spec.gate`` by default)."""
+        g = self.net.per_modality(gates or self.spec.gates(), network)
+        return base + g * (network - base)
+
+    def input_typicality(self, coefs: torch.Tensor, present: np.ndarray) -> dict[str, float]:
+        """Typicality score of each present input modality (mean over its channels)."""
+        if not present.any():
+            return {}
+        per_channel = self.net.typicality(coefs, self.coarse_mask.to(coefs.device))[0]
+        out = {}
+        for i, (m, sl) in enumerate(self.spec.channel_slices().items()):
+            if present[i]:
+                out[m] = float(per_channel[sl].mean())
+        return out
+
+    @torch.no_grad()
     def predict(self, session: SessionArrays, targets: tuple[str, ...], *, seed: int = 0,
                 num_samples: int | None = None, device: str = 'cpu', sampler: str | None = None,
                 steps: int | None = None, return_samples: bool = False,
@@ -260,16 +326,14 @@ class DiffusionImputer:
         ignored = sorted(set(session.images) - set(self.modalities))
         if ignored:
             LOG.info('%s: model does not use %s', where, ', '.join(ignored))
-        stacked, present = stack_images(inputs, spec, where)
         clinical = session.clinical or {}
-        base = self.base(inputs, clinical)
-        net = self.net.to(device)
-        images = torch.from_numpy(stacked)[None].to(device)
-        avail = torch.from_numpy(present)[None].to(device)
-        clin = clinical_batch([clinical], net.schema).to(device)
-        coefs = net.to_coefs(images)
-        mean, fus = net.mean(coefs, net.to_coefs(torch.from_numpy(base)[None].to(device)),
-                             net.frequency(images), avail, clin)
+        parts = self.components(inputs, clinical, device, where)
+        net, present, coefs, avail = parts['net'], parts['present'], parts['coefs'], parts['avail']
+        mean = self.gated(parts['base'], parts['network'])
+        fus = parts['fusion']
+        scores = self.input_typicality(coefs, present)
+        ref = dict(zip(self.modalities, spec.typicality))
+        widen = inflation(scores, ref)
         # the flow runs only when its draws are used: a std (K > 1) or the samples themselves
         draw = k > 1 or (k > 0 and return_samples)
         if draw:
@@ -282,7 +346,9 @@ class DiffusionImputer:
             noise = torch.cat([half, -half])[:k].to(device)
             resid = sample(lambda r, t: net.flow(r, t, cond), noise, sampler=sampler,
                            steps=steps, num_train_timesteps=spec.num_train_timesteps)
-            samples = (net.to_images(mean + resid * net.residual_scale(resid)).float()
+            unit = (net.residual_scale(resid) * net.per_modality(spec.std_scales(), resid)
+                    * widen)
+            samples = (net.to_images(mean + resid * unit).float()
                        .cpu().numpy() * self.mask[None, None])  # (K, C_total, X, Y, Z)
         else:
             samples = None
@@ -302,6 +368,10 @@ class DiffusionImputer:
             'inputs': [m for i, m in enumerate(self.modalities) if present[i]],
             'clinical_used': {c: v for c, v in clinical.items()
                               if c in net.schema and v is not None},
+            'input_typicality': {m: round(v / ref[m], 3) if ref.get(m) else round(v, 3)
+                                 for m, v in scores.items()},
+            'std_inflation': round(widen, 3),
+            'gate': {t: g for t, g in zip(self.modalities, spec.gates()) if t in targets},
             'sampler': sampler if draw else None, 'steps': steps if draw else 0,
             'seed': int(seed),
             'num_samples': k,

@@ -33,6 +33,9 @@ class TrainConfig:
     consistency_weight : weight of the biomarker loss (0 disables it).
     val_fraction : fraction of subjects held out.
     val_max_sessions : at most this many validation sessions are scored for the card.
+    calib_max_sessions : at most this many validation sessions calibrate the gates, the std
+        scale and the typicality reference (:mod:`.calibration`); 0 skips the calibration.
+    gate_margin : dB a gate may cost on standard-contrast validation inputs against the ridge.
     checkpoint_every : steps between resumable training-state checkpoints.
     grad_clip : maximum gradient norm (``clip_grad_norm_``) in every stage.
     threads : torch threads on CPU (0: leave torch's default).
@@ -41,7 +44,7 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: {
         'mean_channels': (16, 32, 64), 'mean_attention': (False, False, True),
         'flow_channels': (16, 32), 'flow_attention': (False, False), 'num_head_channels': 16,
-        'norm_num_groups': 8})
+        'norm_num_groups': 8, 'flow_precond': True})
     ssl_steps: int = 50
     mean_steps: int = 800
     mean_lr: float = 1e-3
@@ -56,6 +59,8 @@ class TrainConfig:
     consistency_weight: float = 0.1
     val_fraction: float = 0.2
     val_max_sessions: int = 2
+    calib_max_sessions: int = 4
+    gate_margin: float = 0.05
     checkpoint_every: int = 50
     grad_clip: float = 1.0
     threads: int = 2
@@ -84,9 +89,9 @@ PRESETS: dict[str, TrainConfig] = {
         model={'mean_channels': (8, 8), 'mean_attention': (False, True),
                'flow_channels': (8, 8), 'flow_attention': (False, False),
                'num_head_channels': 8, 'context_dim': 8, 'fusion_dim': 4, 'norm_num_groups': 4,
-               'steps': 2, 'num_samples': 2},
+               'steps': 2, 'num_samples': 2, 'flow_precond': True},
         ssl_steps=2, mean_steps=6, flow_steps=4, batch_size=2, ridge_folds=2,
-        val_max_sessions=1, checkpoint_every=2, threads=1,
+        val_max_sessions=1, calib_max_sessions=1, checkpoint_every=2, threads=1,
     ),
 }
 

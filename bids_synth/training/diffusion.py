@@ -14,13 +14,16 @@ Then three stages, each resumable from ``<out_dir>/.train_state`` (saved every
    (:mod:`.augment`), the ridge base is computed from those inputs, and the loss is MSE + L1 of
    the wavelet coefficients of every present modality (hidden ones weigh 1, inputs
    ``recon_weight``) plus the biomarker consistency loss on the hidden ones.
-   Then the residual scales (root-mean-square of the mean network's residual per coefficient
-   channel on training batches).
-3. ``flow``: the residual flow (mean network frozen), rectified-flow x0 loss on the scaled
-   residual of the same kind of batches.
+   Then the residual map and scales (:mod:`bids_synth.models.uncertainty`: the spatial pattern
+   and the root-mean-square per coefficient channel of the mean network's residual on training
+   batches).
+3. ``flow``: the residual flow (mean network frozen), preconditioned rectified-flow loss on the
+   scaled residual of the same kind of batches.
 
-Then validation on held-out subjects (the model and its own ridge on the same sessions) and the
-model directory (``model.safetensors`` + ``model_card.json``) in ``out_dir``.
+Then calibration on validation subjects (:mod:`.calibration`: the gate of the mean network's
+correction, the conformal std scale and the typicality reference), validation on held-out
+subjects (the model and its own ridge on the same sessions) and the model directory
+(``model.safetensors`` + ``model_card.json``) in ``out_dir``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..bids.modalities import MODALITIES, resolve_modalities
@@ -51,7 +53,9 @@ from ..models.mean_network import availability_channels
 from ..models.sampler import SAMPLERS, rflow_train_pair
 from ..models.synthesis import DiffusionImputer, SynthesisNet, stack_images
 from ..preprocessing.templates import TEMPLATE, model_grid
+from ..models.uncertainty import coarse
 from .augment import augment_inputs
+from .calibration import calibrate_std, choose_gates, input_statistics, typicality_reference
 from .config import TrainConfig, get_config
 from .data import build_cohort, channel_scales, random_inputs
 from .ridge import cross_fit, fit_ridge
@@ -68,8 +72,8 @@ LOG = logging.getLogger('bids_synth.training.diffusion')
 STAGES = ('ssl', 'mean', 'flow')
 #: consecutive non-finite training steps that stop a run
 MAX_BAD_STEPS = 10
-#: training batches that estimate the residual scales
-RESIDUAL_BATCHES = 16
+#: training batches that estimate the residual map and scales
+RESIDUAL_BATCHES = 32
 
 
 def _load_base(init_from: str | Path, mods: tuple[str, ...], res: int) -> DiffusionImputer:
@@ -99,6 +103,61 @@ def _refit_ridge(ridge, sessions, train, mask, affine):
     full.info['refit'] = ('on every subject after validation; the penalty was chosen on the '
                           'training subjects')
     return full
+
+
+def _set_spec(net, model, spec: ModelSpec) -> None:
+    net.spec = net.mean.spec = net.flow.spec = model.spec = spec
+
+
+@torch.no_grad()
+def _residual_statistics(net, spec: ModelSpec, mask: np.ndarray, batch_of, mean_forward,
+                         meta: dict) -> None:
+    """The residual map (``net.resid_map``) and the per coefficient channel scales
+    (``meta['residual_scale']``) of the mean network's residual of hidden modalities.
+
+    Two passes over ``RESIDUAL_BATCHES`` training batches: the first gives the map (per image
+    channel on the coarse grid, the mean over its sub-bands of each one's energy relative to its
+    mean square; mean square 1 in the brain, floored at a tenth of its median, and the median
+    outside the brain so that the interpolation to the coefficient grid does not shrink it at
+    the brain's edge), the second the root-mean-square of the residual divided by that map.
+    """
+    m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+    cmask = coarse(m)[0, 0] >= 0.5        # coefficient grid
+    gmask = coarse(coarse(m))[0, 0] >= 0.5  # coarse grid
+    w, sb = spec.coef_channels_total, spec.subbands
+    sq, cnt = torch.zeros(w), torch.zeros(w)
+    energy = torch.zeros(w, *gmask.shape)
+    half = RESIDUAL_BATCHES // 2
+    for k in range(half):
+        b = batch_of(k)
+        r2 = ((mean_forward(b, 0.0) - b['target']) ** 2).cpu()  # (B, W, x, y, z)
+        hid = availability_channels(spec, b['hidden'].cpu())  # (B, W)
+        sq += (r2[..., cmask].mean(-1) * hid).sum(0)
+        energy += (coarse(r2) * hid[..., None, None, None]).sum(0)
+        cnt += hid.sum(0)
+    have = cnt > 0
+    ms = torch.where(have, sq / cnt.clamp(min=1), torch.ones_like(sq))
+    rel = energy / (cnt.clamp(min=1) * ms)[:, None, None, None]
+    rel = rel.reshape(spec.total_channels, sb, *gmask.shape).mean(1)
+    maps = torch.ones(spec.total_channels, *gmask.shape)
+    for c in range(spec.total_channels):
+        if not bool(have[c * sb:(c + 1) * sb].all()):
+            continue
+        mc = rel[c].sqrt()
+        mc = mc / mc[gmask].pow(2).mean().sqrt().clamp(min=1e-8)
+        med = float(mc[gmask].median())
+        maps[c] = torch.where(gmask, mc.clamp(min=0.1 * med), torch.full_like(mc, med))
+    net.resid_map.copy_(maps.to(net.resid_map.device))
+    sq, cnt = torch.zeros(w), torch.zeros(w)
+    for k in range(half, RESIDUAL_BATCHES):
+        b = batch_of(k)
+        r = mean_forward(b, 0.0) - b['target']
+        r2 = (r / net.residual_map(r)).pow(2).cpu()
+        hid = availability_channels(spec, b['hidden'].cpu())
+        sq += (r2[..., cmask].mean(-1) * hid).sum(0)
+        cnt += hid.sum(0)
+    rms = torch.where(cnt > 0, (sq / cnt.clamp(min=1)).sqrt(), ms.sqrt())
+    meta['residual_scale'] = [max(float(v), 1e-4) for v in rms]
 
 
 def train_diffusion(
@@ -183,6 +242,7 @@ def train_diffusion(
         spec = spec.with_(channel_scale=channel_scales(cohort, spec, mask))
     torch.manual_seed(seed)  # network initialization
     net = SynthesisNet(spec, schema).to(device)
+    input_statistics(net, cohort.images, cohort.present)
     if base is not None:
         own = net.state_dict()
         net.load_state_dict({k: v for k, v in base.net.state_dict().items()
@@ -339,17 +399,7 @@ def train_diffusion(
     else:
         state_tensors = None
     if not meta.get('residual_scale'):
-        sq = torch.zeros(spec.coef_channels_total)
-        cnt = torch.zeros(spec.coef_channels_total)
-        for k in range(RESIDUAL_BATCHES):
-            b = batch('scale', k)
-            with torch.no_grad():
-                r = (mean_forward(b, 0.0) - b['target']).cpu()
-            hid = availability_channels(spec, b['hidden'])
-            sq += (r ** 2).mean(dim=(2, 3, 4)).mul(hid).sum(0)
-            cnt += hid.sum(0)
-        rms = torch.where(cnt > 0, (sq / cnt.clamp(min=1)).sqrt(), torch.ones_like(sq))
-        meta['residual_scale'] = [max(float(v), 1e-4) for v in rms]
+        _residual_statistics(net, spec, mask, lambda k: batch('scale', k), mean_forward, meta)
     net.spec = net.mean.spec = net.flow.spec = spec = spec.with_(
         residual_scale=tuple(meta['residual_scale']))
     model.spec = spec
@@ -357,22 +407,39 @@ def train_diffusion(
         state = (meta, state_tensors)
 
     # 3. the residual flow --------------------------------------------------------------------
+    brain_c = (coarse(torch.from_numpy(mask.astype(np.float32))[None, None]) >= 0.5).float()
+    brain_c = brain_c.to(device)
     def flow_step(step: int) -> torch.Tensor:
         b = batch('flow', step)
-        with torch.no_grad():
-            mean_c = mean_forward(b, cfg.clinical_drop)
+        with torch.no_grad():  # the mean as prediction computes it: every clinical value
+            mean_c = mean_forward(b, 0.0)
             r0 = (b['target'] - mean_c) / net.residual_scale(mean_c)
         t = (torch.rand((r0.shape[0],), generator=gen) * spec.num_train_timesteps).clamp(min=1.0)
         noise = torch.randn(r0.shape, generator=gen).to(device)
         r_t = rflow_train_pair(r0, noise, t.to(device), spec.num_train_timesteps)
-        pred = net.flow(r_t, t.to(device), net.flow.condition(mean_c, b['coefs'], b['keep']))
-        return weighted(F.mse_loss(pred, r0, reduction='none'), b['w'])
+        err = net.flow.loss(r0, r_t, t.to(device),
+                            net.flow.condition(mean_c, b['coefs'], b['keep']))
+        wm = (b['w'] * brain_c).expand_as(err)  # inside the brain: samples are masked there
+        return (err * wm).sum() / wm.sum().clamp(min=1e-8)
 
     run('flow', list(net.flow.parameters()), cfg.flow_lr, flow_step)
     bar.close()
 
-    # 4. validation and the model directory -------------------------------------------------
+    # 4. calibration, validation and the model directory --------------------------------------
     net.eval()
+    t0 = time.perf_counter()
+    calibration = {}
+    calib = [val_all[i] for i in sorted(pick[:cfg.calib_max_sessions].tolist())]
+    if calib:
+        gates, calibration['gate'] = choose_gates(model, calib, mask, seed=seed,
+                                                  margin=cfg.gate_margin)
+        _set_spec(net, model, spec.with_(gate=gates))
+        scales, calibration['std_scale'] = calibrate_std(model, calib, seed=seed)
+        _set_spec(net, model, model.spec.with_(std_scale=scales))
+        _set_spec(net, model, model.spec.with_(typicality=typicality_reference(model, calib)))
+        calibration['sessions'] = [f'{s.subject}/{s.session}' for s in calib]
+    calibration['seconds'] = round(time.perf_counter() - t0, 1)
+    spec = model.spec
     t0 = time.perf_counter()
     metrics = validate(model, val, mask, seed=seed)
     metrics['ridge'] = validate(ridge, val, mask, seed=seed)
@@ -407,6 +474,7 @@ def train_diffusion(
             'init_from': str(init_from) if init_from else None,
         },
         'validation': metrics,
+        'calibration': calibration,
     }
     path = model.save(out, card)
     meta.update(stage='done', step=0)
