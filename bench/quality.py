@@ -12,8 +12,9 @@ What is measured (the goals of the generative-core issue):
   ``bids_synth.metrics`` inside the brain mask against the acquired images and against the same
   subjects rendered without acquisition noise and bias (``clean``). The clean rendering scored
   against the acquired images is the oracle: ``oracle - ridge`` is the gain possible at all.
-  ``desc-synth`` is what the app writes: the mean network's output plus the mean of the card's K
-  residual samples; ``mean_only`` is the mean network alone.
+  ``desc-synth`` is what the app writes: the ridge plus the gated correction of the mean network
+  (the gate per modality was chosen on the model's validation subjects); ``ungated`` is the
+  mean network's full correction (gate 1), to show what the gate changed.
 - Shifted contrasts: the same held-out subjects acquired by "another scanner" (``generate_cohort(
   shift_contrast=True)``: random monotone or non-monotone intensity curves, bias fields, noise
   and blur on every sMRI/PET image), scored against the clean images.
@@ -161,6 +162,9 @@ def _realism_and_uncertainty(diffusion, regression, held, clean, shifted, mask, 
                     spearman_clean=std_error_spearman(cln, pred.mean, pred.std, mask),
                     std_standard=float(pred.std[:, mask].mean()),
                     std_shifted=float(pred_sh.std[:, mask].mean()),
+                    coverage_shifted_clean=coverage(cln, pred_sh.mean, pred_sh.std, mask),
+                    inflation_standard=float(pred.extra.get('std_inflation', 1.0)),
+                    inflation_shifted=float(pred_sh.extra.get('std_inflation', 1.0)),
                 )
             rows.append(row)
         out[t] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -189,11 +193,14 @@ def _auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 
 
 def _downstream_auc(work, res, n_subjects, models, tpl, fraction=0.8, repeats=5):
-    """AD vs CN AUC on regional FDG SUVR: all real, and with ``fraction`` of the FDG imputed."""
+    """Diagnosis AUC on regional FDG SUVR: all real, and with ``fraction`` of the FDG imputed.
+
+    Two tasks on one cohort: AD vs CN (ACADiff's test; a strong effect on the phantom) and the
+    weaker MCI vs CN."""
     _, cohort = _cohort(work, f'auc{n_subjects}', res, n_subjects=n_subjects, seed=AUC_SEED,
                         modalities=AUC_MODALITIES, resolution='low')
-    cohort = [s for s in cohort if s.clinical.get('diagnosis') in ('AD', 'CN')]
-    labels = np.array([s.clinical['diagnosis'] == 'AD' for s in cohort], int)
+    cohort = [s for s in cohort if s.clinical.get('diagnosis') in ('AD', 'CN', 'MCI')]
+    dx = np.array([s.clinical['diagnosis'] for s in cohort])
     affine, shape = tpl.affine, tpl.mask.shape
     real = np.stack([_regional_fdg(s.images['FDG'], affine, shape) for s in cohort])
     imputed = {}
@@ -205,21 +212,26 @@ def _downstream_auc(work, res, n_subjects, models, tpl, fraction=0.8, repeats=5)
             pred = model(type(s)(s.subject, s.session, inputs, clin))
             feats.append(_regional_fdg(pred, affine, shape))
         imputed[name] = np.stack(feats)
-    rng = np.random.default_rng(0)
-    n_imp = int(round(fraction * len(cohort)))
-    draws = [rng.choice(len(cohort), n_imp, replace=False) for _ in range(repeats)]
-    result = {'subjects_ad_cn': len(cohort), 'ad': int(labels.sum()),
-              'fraction_imputed': fraction, 'repeats': repeats, 'seed': AUC_SEED,
-              'auc_all_real': _auc(real, labels)}
-    for name, feats in imputed.items():
-        aucs = []
-        for idx in draws:
-            mixed = real.copy()
-            mixed[idx] = feats[idx]
-            aucs.append(_auc(mixed, labels))
-        result[f'auc_{name}'] = float(np.median(aucs))
-        result[f'auc_{name}_all_imputed'] = _auc(feats, labels)
-    return result
+    out = {'seed': AUC_SEED, 'fraction_imputed': fraction, 'repeats': repeats}
+    for task, (pos, neg) in (('ad_cn', ('AD', 'CN')), ('mci_cn', ('MCI', 'CN'))):
+        keep = np.isin(dx, (pos, neg))
+        labels = (dx[keep] == pos).astype(int)
+        rng = np.random.default_rng(0)
+        n = int(keep.sum())
+        n_imp = int(round(fraction * n))
+        draws = [rng.choice(n, n_imp, replace=False) for _ in range(repeats)]
+        result = {'subjects': n, 'positive': int(labels.sum()),
+                  'auc_all_real': _auc(real[keep], labels)}
+        for name, feats in imputed.items():
+            aucs = []
+            for idx in draws:
+                mixed = real[keep].copy()
+                mixed[idx] = feats[keep][idx]
+                aucs.append(_auc(mixed, labels))
+            result[f'auc_{name}'] = float(np.median(aucs))
+            result[f'auc_{name}_all_imputed'] = _auc(feats[keep], labels)
+        out[task] = result
+    return out
 
 
 def _summary(results, modalities):
@@ -227,7 +239,7 @@ def _summary(results, modalities):
     for t in modalities:
         allin = '+'.join(m for m in modalities if m != t)
         row = {}
-        for who in ('diffusion', 'mean_only', 'regression'):
+        for who in ('diffusion', 'ungated', 'regression'):
             v = results[who][t][allin]
             row.update({f'{who}_psnr': v['psnr'], f'{who}_ssim': v['ssim'],
                         f'{who}_psnr_clean': v['psnr_clean']})
@@ -269,7 +281,9 @@ def _goals(summary, shifted, realism, auc, pair):
     g['std_higher_when_shifted'] = {t: v['std_shifted'] > v['std_standard']
                                     for t, v in realism.items() if 'std_standard' in v}
     if auc:
-        g['auc_within_0.03'] = abs(auc['auc_diffusion'] - auc['auc_all_real']) <= 0.03
+        for task in ('ad_cn', 'mci_cn'):
+            a = auc[task]
+            g[f'auc_{task}_within_0.03'] = abs(a['auc_diffusion'] - a['auc_all_real']) <= 0.03
     if pair and 'psnr_given_up_db' in pair:
         g['any_subset_within_0.5db_of_pair'] = pair['psnr_given_up_db'] >= -0.5
     return g
@@ -279,13 +293,13 @@ def markdown(result: dict) -> str:
     """The tables of docs/benchmarks.md from a result (``python bench/quality.py --table F``)."""
     summ = result['summary_all_other_inputs']
     lines = ['PSNR dB / SSIM against the acquired images, each target from every other modality:',
-             '', '| target | desc-synth (K={}) | mean network | ridge | cohort mean | oracle | '
+             '', '| target | desc-synth (K={}) | ungated network | ridge | cohort mean | oracle | '
              'synth - ridge | gap closed |'.format(result['num_samples']), '| --- ' * 8 + '|']
     for t, v in summ.items():
         gap = '' if v['gap_closed'] is None else f"{100 * v['gap_closed']:.0f}% of " \
             f"{v['oracle_minus_ridge_db']:.1f} dB"
         lines.append(f"| {t} | {v['diffusion_psnr']:.1f} / {v['diffusion_ssim']:.2f} | "
-                     f"{v['mean_only_psnr']:.1f} | "
+                     f"{v['ungated_psnr']:.1f} | "
                      f"{v['regression_psnr']:.1f} / {v['regression_ssim']:.2f} | "
                      f"{v['cohort_mean_psnr']:.1f} | {v['oracle_psnr']:.1f} | "
                      f"{v['diffusion_minus_ridge_db']:+.2f} | {gap} |")
@@ -305,12 +319,15 @@ def markdown(result: dict) -> str:
         lines += ['', 'Single samples and uncertainty (ratios to the acquired image; coverage of '
                   'the acquired image by mean +/- 1.645 std):', '',
                   '| target | gradient: sample / synth / ridge | HF power: sample / synth / ridge'
-                  ' | coverage | Spearman(std, abs err) | mean std: standard / shifted |',
-                  '| --- ' * 6 + '|']
+                  ' | coverage | Spearman(std, abs err) | mean std: standard / shifted |'
+                  ' std widening: standard / shifted | coverage of clean, shifted inputs |',
+                  '| --- ' * 8 + '|']
         for t, v in rz.items():
             unc = (f"{100 * v['coverage_acquired']:.0f}% | {v['spearman_acquired']:.2f} | "
-                   f"{v['std_standard']:.3f} / {v['std_shifted']:.3f}"
-                   if 'coverage_acquired' in v else ' | | ')
+                   f"{v['std_standard']:.3f} / {v['std_shifted']:.3f} | "
+                   f"{v.get('inflation_standard', 1):.2f} / {v.get('inflation_shifted', 1):.2f} | "
+                   f"{100 * v.get('coverage_shifted_clean', float('nan')):.0f}%"
+                   if 'coverage_acquired' in v else ' | | | | ')
             lines.append(
                 f"| {t} | {v['gradient_ratio_sample']:.2f} / {v['gradient_ratio_synth']:.2f} / "
                 f"{v['gradient_ratio_ridge']:.2f} | {v['hf_power_ratio_sample']:.2f} / "
@@ -326,13 +343,17 @@ def markdown(result: dict) -> str:
             cells.append(f'{label}{r:.1f} / {d:.1f}')
         lines.append(f"| {t} | {' | '.join(cells)} |")
     auc = result.get('downstream_auc')
-    if auc:
-        lines += ['', f"Downstream AD vs CN AUC ({auc['subjects_ad_cn']} subjects, "
-                  f"{auc['ad']} AD; {100 * auc['fraction_imputed']:.0f}% of FDG imputed, median "
-                  f"of {auc['repeats']} draws): all real {auc['auc_all_real']:.3f}, "
-                  f"diffusion {auc['auc_diffusion']:.3f}, ridge {auc['auc_regression']:.3f} "
-                  f"(all imputed: diffusion {auc['auc_diffusion_all_imputed']:.3f}, ridge "
-                  f"{auc['auc_regression_all_imputed']:.3f})."]
+    if auc and 'ad_cn' in auc:
+        lines += ['', f"Downstream diagnosis AUC on regional FDG ({100 * auc['fraction_imputed']:.0f}% "
+                  f"of FDG imputed, median of {auc['repeats']} draws):", '',
+                  '| task | subjects | all real | diffusion | ridge | all imputed: diffusion '
+                  '| all imputed: ridge |', '|---|---|---|---|---|---|---|']
+        for task, name in (('ad_cn', 'AD vs CN'), ('mci_cn', 'MCI vs CN')):
+            a = auc[task]
+            lines.append(f"| {name} | {a['subjects']} ({a['positive']} positive) | "
+                         f"{a['auc_all_real']:.3f} | {a['auc_diffusion']:.3f} | "
+                         f"{a['auc_regression']:.3f} | {a['auc_diffusion_all_imputed']:.3f} | "
+                         f"{a['auc_regression_all_imputed']:.3f} |")
     pair = result.get('pair_model')
     if pair and 'psnr_given_up_db' in pair:
         lines += ['', f"Dedicated pair model {pair['inputs']} -> {pair['target']}: "
@@ -349,6 +370,40 @@ def markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _pair(work, res, held, mask, anysub_results) -> dict:
+    """Train (once, cached in ``work``) and score the dedicated T1w -> FDG diffusion model with
+    the default recipe; compare with the any-subset model's scores of the same pattern."""
+    from bids_synth.bids.clinical import load_clinical
+    from bids_synth.errors import ModelError
+    from bids_synth.models.synthesis import DiffusionImputer
+    from bids_synth.training.config import get_config
+    from bids_synth.training.default_model import RECIPE
+    from bids_synth.training.fit import fit_model
+
+    train_bids, train = _cohort(work, 'train', res, **RECIPE['phantom'])
+    src, dst = PAIR
+    pair_dir = work / f'pair_{src}_{dst}'
+    t0 = time.monotonic()
+    if not (pair_dir / 'model_card.json').is_file():
+        fit_model(train, method='diffusion', modalities=PAIR,
+                  clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
+                  res=res, seed=RECIPE['seed'])
+    pair_model = DiffusionImputer.load(pair_dir)
+    pair = {'target': dst, 'inputs': src, 'budget': get_config(None).to_dict(),
+            'training_seconds': pair_model.card()['training']['seconds'],
+            'wall_seconds': round(time.monotonic() - t0, 1)}
+    try:
+        pair_res = _evaluate(lambda s, t: pair_model.predict(s, (t,), seed=0)[t].mean,
+                             held, mask, (dst,), lambda t: [(src,)])
+    except ModelError as exc:  # e.g. a diverged training: no figure, the reason instead
+        pair['error'] = str(exc)
+    else:
+        anysub = anysub_results[dst][src]
+        pair.update(pair_model=pair_res[dst][src], any_subset_model=anysub,
+                    psnr_given_up_db=anysub['psnr'] - pair_res[dst][src]['psnr'])
+    return pair
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--heldout', type=int, default=3, help='held-out subjects')
@@ -363,6 +418,8 @@ def main(argv=None) -> int:
                     '--method diffusion)')
     ap.add_argument('--pair', action='store_true',
                     help='also train and score a dedicated T1w -> FDG diffusion model')
+    ap.add_argument('--pair-only', action='store_true',
+                    help='only (train and) score the pair model, updating the saved --out JSON')
     ap.add_argument('--num-samples', type=int, default=None,
                     help='diffusion samples per prediction (default: the card\'s K)')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
@@ -375,14 +432,10 @@ def main(argv=None) -> int:
     os.environ.setdefault('NIPYPE_NO_ET', '1')
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
-    from bids_synth.bids.clinical import load_clinical
-    from bids_synth.errors import ModelError
     from bids_synth.models.baseline import RegressionImputer
     from bids_synth.models.synthesis import DiffusionImputer
     from bids_synth.preprocessing.templates import ensure_templateflow_home, load_template
-    from bids_synth.training.config import get_config
     from bids_synth.training.default_model import RECIPE
-    from bids_synth.training.fit import fit_model
     from bids_synth.workflows.base import default_model_dir
 
     ensure_templateflow_home()
@@ -406,6 +459,16 @@ def main(argv=None) -> int:
     _, shifted = _cohort(work, 'heldout_shifted', res, shift_contrast=True, **common)
     _same_subjects(held, clean, 'clean')
     _same_subjects(held, shifted, 'shifted')
+    if args.pair_only:
+        saved = json.loads(args.out.read_text())
+        saved['pair_model'] = _pair(work, res, held, mask,
+                                    saved['per_target_per_pattern']['diffusion'])
+        saved['goals'] = _goals(saved['summary_all_other_inputs'], saved['shifted_contrasts'],
+                                saved['realism_uncertainty'], saved['downstream_auc'],
+                                saved['pair_model'])
+        args.out.write_text(json.dumps(saved, indent=2) + '\n')
+        print(markdown(saved))
+        return 0
 
     def patterns_for(target):
         others = tuple(m for m in modalities if m != target)
@@ -426,9 +489,13 @@ def main(argv=None) -> int:
 
     results = {'diffusion': _evaluate(synth, held, mask, modalities, patterns_for, clean)}
     diff_seconds = (time.monotonic() - t0) / max(n_pred[0], 1)
-    results['mean_only'] = _evaluate(
-        lambda s, t: diffusion.predict(s, (t,), num_samples=0)[t].mean, held, mask, modalities,
-        all_others, clean)
+    def ungated(s, t):
+        inputs = {m: a for m, a in s.images.items() if m != t}
+        parts = diffusion.components(inputs, s.clinical or {})
+        img = diffusion.net.to_images(parts['network'])[0].float().numpy()
+        return img[diffusion.spec.channel_slices()[t]] * mask[None]
+
+    results['ungated'] = _evaluate(ungated, held, mask, modalities, all_others, clean)
     results['regression'] = _evaluate(ridge, held, mask, modalities, patterns_for, clean)
     results['cohort_mean'] = _evaluate(
         lambda s, t: regression.predict(type(s)(s.subject, s.session, {}, {}), (t,))[t].mean,
@@ -457,26 +524,8 @@ def main(argv=None) -> int:
                 'diffusion': lambda s: diffusion.predict(s, ('FDG',), seed=0)['FDG'].mean,
                 'regression': lambda s: regression.predict(s, ('FDG',))['FDG'].mean}, tpl)
 
-    pair = None
     if args.pair:
-        train_bids, train = _cohort(work, 'train', res, **RECIPE['phantom'])
-        src, dst = PAIR
-        pair_dir = work / f'pair_{src}_{dst}'
-        if not (pair_dir / 'model_card.json').is_file():
-            fit_model(train, method='diffusion', modalities=PAIR,
-                      clinical_schema=load_clinical(train_bids).schema(), out_dir=pair_dir,
-                      res=res, seed=RECIPE['seed'])
-        pair_model = DiffusionImputer.load(pair_dir)
-        pair = {'target': dst, 'inputs': src, 'budget': get_config(None).to_dict()}
-        try:
-            pair_res = _evaluate(lambda s, t: pair_model.predict(s, (t,), seed=0)[t].mean,
-                                 held, mask, (dst,), lambda t: [(src,)])
-        except ModelError as exc:  # e.g. a diverged training: no figure, the reason instead
-            pair['error'] = str(exc)
-        else:
-            anysub = results['diffusion'][dst][src]
-            pair.update(pair_model=pair_res[dst][src], any_subset_model=anysub,
-                        psnr_given_up_db=anysub['psnr'] - pair_res[dst][src]['psnr'])
+        pair = _pair(work, res, held, mask, results['diffusion'])
     else:
         pair = {'error': 'not run (--pair not given)'}
 

@@ -94,11 +94,14 @@ def copy_subjects(dst: Path, plan: dict[str, tuple[str, tuple[str, ...]]]) -> Pa
     return dst
 
 
+MODEL = ['default']  # --model of the participant runs (bench/real.py --model)
+
+
 def run_participant(bids: Path, out: Path, work: Path, *extra: str) -> dict:
     from bids_synth.cli.run import main
 
     t0 = time.perf_counter()
-    code = main([str(bids), str(out), 'participant', '--model', 'default', '-w', str(work),
+    code = main([str(bids), str(out), 'participant', '--model', MODEL[0], '-w', str(work),
                  '--nprocs', '2', '--omp-nthreads', '2', '--no-reports', *extra])
     return {'exit_code': code, 'seconds': round(time.perf_counter() - t0, 1)}
 
@@ -266,19 +269,34 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', type=Path, default=ROOT / 'bench/results/real.json')
     parser.add_argument('--keep', type=Path, help='keep the temporary folder here')
+    parser.add_argument('--model', default='default',
+                        help='model of the participant runs (default: the embedded default)')
+    parser.add_argument('--removed-only', action='store_true',
+                        help='only the removed-modality comparisons (written to --out)')
     args = parser.parse_args(argv)
+    MODEL[0] = args.model
     if not (REAL / 'bids').is_dir():
         print(f'{REAL}: not present; nothing to measure')
         return 0
     os.environ.setdefault('NIPYPE_NO_ET', '1')
     tmp = Path(args.keep or tempfile.mkdtemp(prefix='bids_synth_real_'))
     t0 = time.perf_counter()
+    machine = (f'{platform.machine()}, {os.cpu_count()} cores, CPU only; niced, shared with '
+               'other jobs (contended)')
+    if args.removed_only:
+        result = {'machine': machine, 'model': args.model, 'removed': removed_comparisons(tmp)}
+        result['total_seconds'] = round(time.perf_counter() - t0, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + '\n')
+        print(json.dumps(result['removed'], indent=2))
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0 if result['removed']['run']['exit_code'] == 0 else 1
     bids = copy_subjects(tmp / 'bids', {s: (s, ()) for s in ('ms07', 'ixi002', 'forrest02')})
     run = run_participant(bids, tmp / 'out', tmp / 'work')
     result = {
-        'machine': f'{platform.machine()}, {os.cpu_count()} cores, CPU only; niced, shared with '
-                   'other jobs (contended)',
-        'model': 'embedded default (--model default)',
+        'machine': machine,
+        'model': args.model,
         'all_subjects': {'run': run, 'conform': conform_nodes(tmp / 'work'),
                          'forrest02_T1w_mask_mosaic': t1w_mask_mosaic(
                              tmp / 'work', args.out.parent / 'real_forrest02_T1w_mask.png')},

@@ -62,6 +62,9 @@ def test_participant_outputs_and_provenance(phantom6, diffusion_run, digest):
             assert prov['steps'] >= 1 and isinstance(prov['seed'], int)
             assert set(prov['fusion_weights']) == set(prov['inputs_used'])
             assert 'null_weight' in prov and prov['clinical_used']
+            # uncertainty provenance: how typical each input was, the std's widening, the gate
+            assert set(prov['input_typicality']) == set(prov['inputs_used'])
+            assert prov['std_inflation'] >= 1 and set(prov['gate']) == {mod}
             assert 'standard deviation' in _sidecar(std)['Description']
             checked += 1
     assert checked
@@ -69,7 +72,8 @@ def test_participant_outputs_and_provenance(phantom6, diffusion_run, digest):
     assert reports
     html = '\n'.join(r.read_text() for r in reports)
     for needle in ('alt="input', 'alt="synthesized"', '<h4>Uncertainty</h4>',
-                   'alt="uncertainty"', 'Fusion weights', '<td>T1w</td>', 'alt="sample"'):
+                   'alt="uncertainty"', 'Fusion weights', '<td>T1w</td>', 'alt="sample"',
+                   'typicality (1: like the validation subjects)'):
         assert needle in html, needle
     for img in out.glob('sub-*/figures/*.png'):
         assert img.stat().st_size > 1000

@@ -199,3 +199,32 @@ def test_bad_inputs_are_clear_errors(trained):
     bad = SessionArrays('01', None, {'T1w': np.zeros((1, 10, 10, 10), np.float32)})
     with pytest.raises(ValueError, match='model expects'):
         model.predict(bad, ('FDG',))
+
+
+def test_calibration_and_atypical_inputs_widen_the_std(trained):
+    path, sessions, mask = trained
+    model = DiffusionImputer.load(path)
+    card = model.card()
+    spec = model.spec
+    # chosen on the validation subjects: a gate per modality, a positive std scale, a reference
+    assert set(card['calibration']['sessions']) <= {
+        f'{s.subject}/{s.session}' for s in sessions
+        if s.subject in card['training']['split']['val_subjects']}
+    assert len(spec.gate) == len(MODS) and all(g in (0, 0.25, 0.5, 0.75, 1) for g in spec.gate)
+    assert len(spec.std_scale) == len(MODS) and min(spec.std_scale) > 0
+    assert len(spec.typicality) == len(MODS) and min(spec.typicality) > 0
+    s = sessions[0]
+    inputs = {m: s.images[m] for m in ('T1w', 'bold')}
+    plain = model.predict(SessionArrays('a', None, inputs, s.clinical), ('FDG',), num_samples=2)
+    # another scanner's T1w: the same anatomy through a random intensity curve, rescaled
+    odd = dict(inputs, T1w=np.sqrt(np.clip(1.2 - inputs['T1w'], 0, None)) * mask)
+    shifted = model.predict(SessionArrays('a', None, odd, s.clinical), ('FDG',), num_samples=2)
+    assert shifted['FDG'].extra['input_typicality']['T1w'] > \
+        2 * plain['FDG'].extra['input_typicality']['T1w']
+    assert shifted['FDG'].extra['std_inflation'] > plain['FDG'].extra['std_inflation'] >= 1.0
+    assert shifted['FDG'].std[:, mask].mean() > plain['FDG'].std[:, mask].mean()
+    # the gate: 0 gives the ridge exactly, 1 the network
+    parts = model.components(inputs, s.clinical)
+    ridge = model.net.to_images(model.gated(parts['base'], parts['network'], (0.0,) * 3))
+    base = model.net.to_images(parts['base'])
+    torch.testing.assert_close(ridge, base)

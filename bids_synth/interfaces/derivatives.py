@@ -264,7 +264,11 @@ def write_synth_outputs(
         side = dict(base)
         if desc == 'synthstd':
             side['Description'] = (f'Voxelwise standard deviation over the {n_samples} samples '
-                                   f'of the synthesized {target} (uncertainty).')
+                                   f'of the synthesized {target} (uncertainty). Diffusion '
+                                   'models calibrate it on their validation subjects (mean '
+                                   '+/- 1.645 std covering 90% of their voxels) and widen it '
+                                   'for inputs unlike the training data (bids_synth.'
+                                   'std_inflation, bids_synth.input_typicality).')
         elif desc != 'synth':
             side['Description'] = (f'One sample ({kind[len("template_sample"):]} of '
                                    f'{n_samples}) of the synthesized {target}: a single draw '

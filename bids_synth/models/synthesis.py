@@ -305,8 +305,10 @@ class DiffusionImputer:
         -------
         dict of str to Prediction
             ``mean`` (C, X, Y, Z) float32, ``std`` or None, ``extra`` with ``fusion_weights``
-            per input modality, ``null_weight``, ``inputs``, ``sampler``, ``steps``, ``seed``,
-            ``num_samples``.
+            per input modality, ``null_weight``, ``inputs``, ``input_typicality`` per input
+            (relative to the validation subjects: about 1 when typical), ``std_inflation``
+            (the factor the samples' spread was widened by for atypical inputs), ``gate``,
+            ``sampler``, ``steps``, ``seed``, ``num_samples``.
         """
         spec = self.spec
         unknown = [t for t in targets if t not in self.modalities]

@@ -19,7 +19,11 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
 text-align:left;font-size:.9em}th{background:#f3f3f3}img{max-width:100%;margin:.3em 0}
 .note{color:#666;font-size:.9em}code{background:#f6f6f6;padding:0 .2em}
+.warn{color:#a40;font-weight:600}
 """
+
+#: an input whose typicality score is this many times the validation subjects' is flagged
+TYPICALITY_WARN = 2.0
 
 
 def mosaic(img, out_png: str | Path, title: str = '', *, cmap: str = 'gray',
@@ -155,6 +159,18 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
                              f'{prov.get("num_samples", "?")} samples (bright: the model is '
                              'unsure; check these regions before using the image).</p>'
                              f'<img src="{png.relative_to(out)}" alt="uncertainty">')
+            typ = prov.get('input_typicality') or {}
+            widen = prov.get('std_inflation')
+            if typ:
+                odd = sorted(m for m, v in typ.items() if v > TYPICALITY_WARN)
+                note = (f'<p class="warn">Inputs unlike the training data: '
+                        f'{html.escape(", ".join(odd))} (another scanner or contrast, a failed '
+                        f'conform?); the uncertainty was widened {widen:.2f}-fold. Check them '
+                        'before trusting this image.</p>' if odd and widen else
+                        '<p>Inputs look like the training data.</p>')
+                parts.append(note + _table(sorted((m, f'{v:.2f}') for m, v in typ.items()),
+                                           ('input', 'typicality (1: like the validation '
+                                            'subjects)')))
             sample = rec['files'].get('template_sample1')
             if sample:
                 png = mosaic(out / sample, figdir / f'{label}_desc-synthsample1{rec["target"]}.png',
@@ -180,7 +196,8 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
                 parts.append('<p>Fusion weights (how much the model leaned on each input):</p>'
                              + _table(sorted(weights.items()), ('input', 'weight')))
             keep = {k: v for k, v in prov.items()
-                    if k not in ('clinical_used', 'software', 'fusion_weights')}
+                    if k not in ('clinical_used', 'software', 'fusion_weights',
+                                 'input_typicality')}
             parts.append('<p>Provenance:</p>' + _table(
                 [(k, json.dumps(v) if isinstance(v, (dict, list)) else v)
                  for k, v in sorted(keep.items())], ('field', 'value')))

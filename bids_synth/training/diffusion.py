@@ -330,7 +330,6 @@ def train_diffusion(
 
     n = len(cohort)
     reps = torch.tensor([c * spec.subbands for c in spec.channels])
-    wsl = spec.coef_slices()
 
     def batch(stage: str, step: int) -> dict:
         """Random sessions, input subsets (contrast-randomized), ridge bases, as tensors."""
