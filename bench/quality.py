@@ -304,15 +304,21 @@ def markdown(result: dict) -> str:
                      f"{v['cohort_mean_psnr']:.1f} | {v['oracle_psnr']:.1f} | "
                      f"{v['diffusion_minus_ridge_db']:+.2f} | {gap} |")
     sh = result.get('shifted_contrasts') or {}
-    lines += ['', 'Against the clean images (PSNR dB), standard and shifted contrasts:', '',
-              '| target | synth, standard | ridge, standard | synth, shifted | ridge, shifted |'
-              ' synth - ridge, shifted |', '| --- ' * 6 + '|']
+    own = result.get('own_ridge_base') or {}
+    lines += ['', 'Against the clean images (PSNR dB), standard and shifted contrasts; "base" is '
+              'the diffusion model\'s own ridge (penalty {}), what desc-synth is with every gate '
+              'at 0:'.format(own.get('penalty', '?')), '',
+              '| target | synth, standard | base, standard | ridge, standard | synth, shifted |'
+              ' base, shifted | ridge, shifted | synth - ridge, shifted |', '| --- ' * 8 + '|']
     for t, v in summ.items():
         s = sh.get(t)
-        cells = (f"{s['diffusion_psnr_clean']:.1f} | {s['regression_psnr_clean']:.1f} | "
+        o = own.get(t, {})
+        cells = (f"{s['diffusion_psnr_clean']:.1f} | {o.get('shifted_psnr_clean', float('nan')):.1f}"
+                 f" | {s['regression_psnr_clean']:.1f} | "
                  f"{s['diffusion_psnr_clean'] - s['regression_psnr_clean']:+.1f}"
-                 if s else ' | | ')
+                 if s else ' | | | ')
         lines.append(f"| {t} | {v['diffusion_psnr_clean']:.1f} | "
+                     f"{o.get('standard_psnr_clean', float('nan')):.1f} | "
                      f"{v['regression_psnr_clean']:.1f} | {cells} |")
     rz = result.get('realism_uncertainty') or {}
     if rz:
@@ -370,6 +376,26 @@ def markdown(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _own_base(diffusion, held, clean, shifted, mask, modalities) -> dict:
+    """The diffusion model's own ridge base (gate 0), each target from every other modality, on
+    the standard and the shifted cohorts, against the clean images: it separates what the mean
+    network adds from what the base ridge (fitted with its own penalty) does."""
+    out = {}
+    for t in modalities:
+        allin = tuple(m for m in modalities if m != t)
+        row = {}
+        for name, cohort in (('standard', held), ('shifted', shifted)):
+            if name == 'shifted' and t not in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45'):
+                continue
+            res = _evaluate(lambda s, tt: diffusion.ridge.predict(s, (tt,))[tt].mean, cohort,
+                            mask, (t,), lambda _: [allin], clean)
+            v = res[t]['+'.join(allin)]
+            row.update({f'{name}_psnr': v['psnr'], f'{name}_psnr_clean': v['psnr_clean']})
+        out[t] = row
+    out['penalty'] = diffusion.ridge.lam
+    return out
+
+
 def _pair(work, res, held, mask, anysub_results) -> dict:
     """Train (once, cached in ``work``) and score the dedicated T1w -> FDG diffusion model with
     the default recipe; compare with the any-subset model's scores of the same pattern."""
@@ -420,6 +446,10 @@ def main(argv=None) -> int:
                     help='also train and score a dedicated T1w -> FDG diffusion model')
     ap.add_argument('--pair-only', action='store_true',
                     help='only (train and) score the pair model, updating the saved --out JSON')
+    ap.add_argument('--realism-only', action='store_true',
+                    help='only rescore the samples and the uncertainty, updating --out')
+    ap.add_argument('--base-only', action='store_true',
+                    help='only score the diffusion model\'s own ridge base, updating --out')
     ap.add_argument('--num-samples', type=int, default=None,
                     help='diffusion samples per prediction (default: the card\'s K)')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
@@ -459,6 +489,23 @@ def main(argv=None) -> int:
     _, shifted = _cohort(work, 'heldout_shifted', res, shift_contrast=True, **common)
     _same_subjects(held, clean, 'clean')
     _same_subjects(held, shifted, 'shifted')
+    if args.realism_only:
+        saved = json.loads(args.out.read_text())
+        saved['realism_uncertainty'] = _realism_and_uncertainty(
+            diffusion, regression, held, clean, shifted, mask, modalities)
+        saved['goals'] = _goals(saved['summary_all_other_inputs'], saved['shifted_contrasts'],
+                                saved['realism_uncertainty'], saved['downstream_auc'],
+                                saved['pair_model'])
+        saved['date'] = time.strftime('%Y-%m-%d')
+        args.out.write_text(json.dumps(saved, indent=2) + '\n')
+        print(markdown(saved))
+        return 0
+    if args.base_only:
+        saved = json.loads(args.out.read_text())
+        saved['own_ridge_base'] = _own_base(diffusion, held, clean, shifted, mask, modalities)
+        args.out.write_text(json.dumps(saved, indent=2) + '\n')
+        print(markdown(saved))
+        return 0
     if args.pair_only:
         saved = json.loads(args.out.read_text())
         saved['pair_model'] = _pair(work, res, held, mask,
@@ -524,6 +571,7 @@ def main(argv=None) -> int:
                 'diffusion': lambda s: diffusion.predict(s, ('FDG',), seed=0)['FDG'].mean,
                 'regression': lambda s: regression.predict(s, ('FDG',))['FDG'].mean}, tpl)
 
+    own_base = _own_base(diffusion, held, clean, shifted, mask, modalities)
     if args.pair:
         pair = _pair(work, res, held, mask, results['diffusion'])
     else:
@@ -543,6 +591,7 @@ def main(argv=None) -> int:
         'sampler': diffusion.spec.sampler,
         'summary_all_other_inputs': summary,
         'shifted_contrasts': shifted_summary,
+        'own_ridge_base': own_base,
         'realism_uncertainty': realism,
         'downstream_auc': auc,
         'pair_model': pair,

@@ -9,12 +9,13 @@ One prediction (DESIGN.md 2b):
    the fraction of its correction kept per modality (``spec.gate``) was chosen on the
    validation subjects;
 4. the residual flow (:mod:`.residual_flow`) draws K residuals (``num_samples``) with a few
-   rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``; they are
-   scaled back by the residual map and scales, the conformal std scale and the inflation for
-   atypical inputs (:mod:`.uncertainty`);
+   rectified-flow steps (:mod:`.sampler`), from antithetic noise pairs ``(n, -n)``, scaled back
+   by the residual map and scales; the std of the K samples is then multiplied by the conformal
+   std scale and the widening for atypical inputs (:mod:`.uncertainty`);
 5. ``mean`` is the mean network's output (the posterior-mean estimate; adding the mean of K
    residuals only added the flow's bias and Monte Carlo noise: docs/model.md), ``std`` the
-   standard deviation of the K samples ``mean + residual``, ``samples`` each one on request.
+   calibrated standard deviation of the K samples ``mean + residual``, ``samples`` each one on
+   request.
    ``num_samples=0`` skips the flow.
 
 :class:`DiffusionImputer` fulfils the ``models.imputer.Imputer`` protocol. Inputs of a
@@ -292,9 +293,10 @@ class DiffusionImputer:
         seed : int
             Seeds the residual noise (``torch.Generator``); same seed, same output on CPU.
         num_samples : int, optional
-            K residual samples (the card's default when ``None``): their spread is ``std``
-            (``None`` when K < 2) and each is ``mean + residual``. ``mean`` is the mean
-            network's output whatever K (0: no sampling at all).
+            K residual samples (the card's default when ``None``): their spread, times the
+            calibrated std scale and the widening for atypical inputs, is ``std`` (``None`` when
+            K < 2) and each is ``mean + residual``. ``mean`` is the (gated) mean network's
+            output whatever K (0: no sampling at all).
         device : str
         sampler, steps : optional
             Override the card's sampler defaults.
@@ -348,9 +350,9 @@ class DiffusionImputer:
             noise = torch.cat([half, -half])[:k].to(device)
             resid = sample(lambda r, t: net.flow(r, t, cond), noise, sampler=sampler,
                            steps=steps, num_train_timesteps=spec.num_train_timesteps)
-            unit = (net.residual_scale(resid) * net.per_modality(spec.std_scales(), resid)
-                    * widen)
-            samples = (net.to_images(mean + resid * unit).float()
+            # the samples keep the residual's own scale (their texture is what the flow
+            # learnt); the calibration and the widening act on the reported std only
+            samples = (net.to_images(mean + resid * net.residual_scale(resid)).float()
                        .cpu().numpy() * self.mask[None, None])  # (K, C_total, X, Y, Z)
         else:
             samples = None
@@ -380,11 +382,12 @@ class DiffusionImputer:
         }
         out = {}
         csl = spec.channel_slices()
+        calib = dict(zip(self.modalities, spec.std_scales()))
         for t in targets:
             per = None if samples is None else samples[:, csl[t]]
             out[t] = Prediction(
                 mean=imgs[0, csl[t]].astype(np.float32),
-                std=per.std(axis=0).astype(np.float32) if k > 1 else None,
+                std=(per.std(axis=0) * calib[t] * widen).astype(np.float32) if k > 1 else None,
                 extra=dict(extra_common),
                 samples=per.astype(np.float32) if return_samples and draw else None)
         return out
