@@ -459,7 +459,7 @@ def fit_tabular(imputer, sessions, schema: dict, res: int, *, seed: int = 0,
         first.setdefault(s.subject, dict(s.clinical))
     generator = CopulaGenerator.fit(list(first.values()), schema, seed=seed)
     info = {'n_sessions': len(sessions), 'n_participants': len(first),
-            'head_columns': head.columns}
+            'head_columns': head.columns, 'schema': schema}
     LOGGER.info('clinical head fitted on %d session(s): %s', len(sessions),
                 ', '.join(head.columns) or 'no column with enough values')
     return TabularModel(head, generator, {'res': int(res), 'modalities': mods,
