@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--device', default='auto')
     ap.add_argument('--method', default=RECIPE['method'], choices=['regression', 'diffusion'])
     ap.add_argument('--nprocs', type=int, default=os.cpu_count() or 1)
+    ap.add_argument('--clinical-head-only', action='store_true',
+                    help='refit only the tabular part (clinical head, row generator) with the '
+                         'same recipe and add it to the model in --out, keeping its weights')
     args = ap.parse_args(argv)
 
     from ..cli.run import main as bids_synth
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     src = root / 'out' / 'models' / args.method
+    if args.clinical_head_only:
+        return _add_clinical_head(src, args.out, time.monotonic() - t0, tmp_ctx)
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / WEIGHTS_NAME, args.out / f'.{WEIGHTS_NAME}.tmp')
     os.replace(args.out / f'.{WEIGHTS_NAME}.tmp', args.out / WEIGHTS_NAME)
@@ -94,6 +99,30 @@ def main(argv: list[str] | None = None) -> int:
     size = (args.out / WEIGHTS_NAME).stat().st_size / 2**20
     print(f'default model written to {args.out} ({size:.1f} MB) in '
           f'{time.monotonic() - t0:.0f} s')
+    if tmp_ctx:
+        tmp_ctx.cleanup()
+    return 0
+
+
+def _add_clinical_head(src: Path, dest: Path, seconds: float, tmp_ctx) -> int:
+    """Copy the tabular part fitted in ``src`` into the model ``dest`` (same recipe)."""
+    from ..models.checkpoint import CARD_NAME, read_card
+    from ..models.tabular import TABULAR_NAME, load_tabular
+
+    new, card = read_card(src), read_card(dest)
+    if new['method'] != card['method']:
+        raise SystemExit(f'{dest} is a {card["method"]} model, the refit a {new["method"]}')
+    shutil.copy2(src / TABULAR_NAME, dest / f'.{TABULAR_NAME}.tmp')
+    os.replace(dest / f'.{TABULAR_NAME}.tmp', dest / TABULAR_NAME)
+    card['tabular'] = dict(new['tabular'], note=(
+        'fitted by `python -m bids_synth.training.default_model --clinical-head-only`: the same '
+        'recipe (phantom cohort, group level) refitted, its tabular part added to these '
+        f'weights ({seconds:.0f} s)'))
+    tmp = dest / f'.{CARD_NAME}.tmp'
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    os.replace(tmp, dest / CARD_NAME)
+    load_tabular(dest)  # sha256 and format checked
+    print(f'clinical head added to {dest} (columns: {", ".join(card["tabular"]["columns"])})')
     if tmp_ctx:
         tmp_ctx.cleanup()
     return 0
