@@ -1,8 +1,9 @@
 """Joint image + clinical generation (issue 11): imputation, tabular fidelity, coherence.
 
-Two phantom cohorts with seeds used nowhere else: a training cohort (``group --method
-regression`` fits the image model and its tabular part, as a user would) and a held-out cohort
-(conformed by the same group path; its model is discarded).
+A training cohort (``group --method regression`` fits the image model and its tabular part, as a
+user would; ``--train-dir`` reuses one, e.g. the embedded default's recipe cohort, seed 2026)
+and a held-out phantom cohort with a seed used nowhere else (seed 5353), conformed with the
+participant level's conform function.
 
 1. **Imputation**, each value of each held-out subject hidden in turn (the subject's other
    values as in its participants.tsv, its acquired images, its missing modalities synthesized
@@ -27,7 +28,7 @@ sdmetrics pins pandas<3: run with the bench extra in its own environment or targ
 ``pip install --target /tmp/benchlib --no-deps sdmetrics ctgan rdt copulas Faker plotly pytz
 'pandas<3'`` and ``PYTHONPATH=/tmp/benchlib python bench/clinical.py``.
 
-    python bench/clinical.py [--train 48] [--test 32] [--work DIR]
+    python bench/clinical.py [--train 24] [--test 24] [--work DIR] [--train-dir DIR]
 """
 
 from __future__ import annotations
@@ -77,10 +78,14 @@ def _group(root: Path) -> Path:
 
 
 def _sessions(root: Path):
-    """Conformed images of every subject (from the group work folder) and clinical values."""
+    """Conformed sessions of a cohort: ``conformed/`` (training.conformed), else the group
+    work folder's conform nodes."""
     from bids_synth.bids.clinical import load_clinical
+    from bids_synth.training.conformed import load_sessions
     from bids_synth.training.fit import sessions_from_files
 
+    if (root / 'conformed').is_dir():
+        return load_sessions(root / 'bids', root / 'conformed')
     files, mods, keys = [], [], []
     for d in sorted((root / 'work' / 'bids_synth_group_wf').glob('conform_*')):
         _, sub, mod = d.name.split('_', 2)
@@ -88,8 +93,8 @@ def _sessions(root: Path):
         mods.append(mod)
         keys.append(sub)
     table = load_clinical(root / 'bids')
-    clin = {k: table.for_session(k, None) for k in set(keys)}
-    return sessions_from_files(files, mods, keys, clin), table
+    return sessions_from_files(files, mods, keys,
+                               {k: table.for_session(k, None) for k in set(keys)})
 
 
 # ------------------------------------------------------------------------------ imputation
@@ -313,35 +318,49 @@ def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int):
                                    round(float(np.median(spread)), 3)}}
 
 
+def _cohort_info(root: Path) -> dict:
+    desc = json.loads((root / 'bids' / 'dataset_description.json').read_text())
+    n = sum(1 for _ in (root / 'bids').glob('sub-*'))
+    return {'n_subjects': n, 'generated_by': desc.get('GeneratedBy', [{}])[0].get('Description'),
+            'folder': str(root)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--train', type=int, default=48)
-    ap.add_argument('--test', type=int, default=32)
+    ap.add_argument('--train', type=int, default=24)
+    ap.add_argument('--test', type=int, default=24)
     ap.add_argument('--n-synth', type=int, default=500)
     ap.add_argument('--n-generated', type=int, default=40)
     ap.add_argument('--epochs', type=int, default=300)
     ap.add_argument('--work', type=Path, default=Path('/tmp/bids_synth-bench-clinical'))
+    ap.add_argument('--model', type=Path,
+                    help='the fitted model of the --train-dir cohort (default: run group on it)')
+    ap.add_argument('--train-dir', type=Path,
+                    help='a training cohort already fitted by group (bids/, out/, work/), e.g. '
+                         'the --work folder of training/default_model.py')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'clinical.json')
     args = ap.parse_args(argv)
     from bids_synth.models.loading import load_imputer
     from bids_synth.models.tabular import load_tabular
 
     t0 = time.monotonic()
-    roots = {k: args.work / k for k in SEEDS}
+    roots = {'train': args.train_dir or args.work / 'train', 'test': args.work / 'test'}
     for k, n in (('train', args.train), ('test', args.test)):
         if not (roots[k] / 'bids' / 'participants.tsv').is_file():
             _cohort(roots[k], n, SEEDS[k])
+    from bids_synth.training.conformed import conform_cohort
+
     timings = {}
-    for k in ('train', 'test'):
-        t = time.monotonic()
-        model_dir = _group(roots[k])
-        timings[f'group_{k}_s'] = round(time.monotonic() - t, 1)
-        if k == 'train':
-            train_model = model_dir
+    t = time.monotonic()
+    conform_cohort(roots['test'] / 'bids', roots['test'] / 'conformed', res=4, procs=2)
+    timings['conform_held_out_s'] = round(time.monotonic() - t, 1)
+    t = time.monotonic()
+    train_model = args.model or _group(roots['train'])
+    timings['group_train_s'] = round(time.monotonic() - t, 1)
     tab = load_tabular(train_model)
     imputer = load_imputer(train_model)
-    train_sessions, _ = _sessions(roots['train'])
-    test_sessions, _ = _sessions(roots['test'])
+    train_sessions = _sessions(roots['train'])
+    test_sessions = _sessions(roots['test'])
     import pandas as pd
 
     truth_df = pd.read_csv(roots['test'] / 'groundtruth' / 'participants.tsv', sep='\t')
@@ -371,10 +390,10 @@ def main(argv=None) -> int:
     print(json.dumps(coherence, indent=1))
     result = {
         'machine': _machine(),
-        'cohorts': {'train': {'n_subjects': args.train, 'seed': SEEDS['train']},
+        'cohorts': {'train': _cohort_info(roots['train']),
                     'held_out': {'n_subjects': args.test, 'seed': SEEDS['test']},
                     'phantom': {'resolution': 'low', 'missing': 0.15}, 'model_res_mm': 4,
-                    'method': 'regression'},
+                    'method': 'regression', 'model': str(train_model)},
         'imputation': imputation,
         'tabular_fidelity': {'n_synthetic_rows': args.n_synth, 'epochs_ctgan_tvae':
                              args.epochs, 'n_training_rows': len(first),

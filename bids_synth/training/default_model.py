@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     bids = root / 'bids'
     if not (bids / 'dataset_description.json').is_file():
         generate_cohort(bids, ground_truth=root / 'groundtruth', **phantom)
+    if args.clinical_head_only:
+        return _add_clinical_head(bids, root, args.out, args.nprocs, t0, tmp_ctx)
     cmd = [str(bids), str(root / 'out'), 'group', '--method', args.method, '--res',
            str(RECIPE['res']), '--seed', str(RECIPE['seed']), '-w', str(root / 'work'),
            '--nprocs', str(args.nprocs), '--omp-nthreads', '1', '--skip-bids-validation',
@@ -73,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     src = root / 'out' / 'models' / args.method
-    if args.clinical_head_only:
-        return _add_clinical_head(src, args.out, time.monotonic() - t0, tmp_ctx)
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / WEIGHTS_NAME, args.out / f'.{WEIGHTS_NAME}.tmp')
     os.replace(args.out / f'.{WEIGHTS_NAME}.tmp', args.out / WEIGHTS_NAME)
@@ -104,25 +104,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _add_clinical_head(src: Path, dest: Path, seconds: float, tmp_ctx) -> int:
-    """Copy the tabular part fitted in ``src`` into the model ``dest`` (same recipe)."""
-    from ..models.checkpoint import CARD_NAME, read_card
-    from ..models.tabular import TABULAR_NAME, load_tabular
+def _add_clinical_head(bids: Path, root: Path, dest: Path, nprocs: int, t0: float,
+                       tmp_ctx) -> int:
+    """Fit the tabular part of the model in ``dest`` on the recipe cohort and add it.
 
-    new, card = read_card(src), read_card(dest)
-    if new['method'] != card['method']:
-        raise SystemExit(f'{dest} is a {card["method"]} model, the refit a {new["method"]}')
-    shutil.copy2(src / TABULAR_NAME, dest / f'.{TABULAR_NAME}.tmp')
-    os.replace(dest / f'.{TABULAR_NAME}.tmp', dest / TABULAR_NAME)
-    card['tabular'] = dict(new['tabular'], note=(
-        'fitted by `python -m bids_synth.training.default_model --clinical-head-only`: the same '
-        'recipe (phantom cohort, group level) refitted, its tabular part added to these '
-        f'weights ({seconds:.0f} s)'))
+    The cohort is conformed with the participant level's conform function (cached under
+    ``<work>/conformed``), its clinical table read as ``group`` reads it, and the head fitted
+    with the model's own predictions (``training.fit.fit_clinical_head``): the weights and the
+    rest of the card are kept.
+    """
+    from ..bids.clinical import load_clinical
+    from ..models.checkpoint import CARD_NAME, read_card
+    from ..models.loading import load_imputer
+    from .conformed import conform_cohort, load_sessions
+    from .fit import fit_clinical_head
+
+    card = read_card(dest)
+    res = int(card['template']['res'])
+    conform_cohort(bids, root / 'conformed', res=res, procs=nprocs,
+                   modalities=card['modalities'])
+    sessions = load_sessions(bids, root / 'conformed')
+    tab = fit_clinical_head(load_imputer(dest), sessions, load_clinical(bids).schema(), dest,
+                            res=res, seed=RECIPE['seed'])
+    card = read_card(dest)
+    card['tabular']['recipe'] = (
+        '`python -m bids_synth.training.default_model --clinical-head-only` (the recipe '
+        f'cohort conformed, the head fitted with these weights; {time.monotonic() - t0:.0f} s)')
     tmp = dest / f'.{CARD_NAME}.tmp'
     tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
     os.replace(tmp, dest / CARD_NAME)
-    load_tabular(dest)  # sha256 and format checked
-    print(f'clinical head added to {dest} (columns: {", ".join(card["tabular"]["columns"])})')
+    print(f'clinical head added to {dest} (columns: {", ".join(tab.head.columns)})')
     if tmp_ctx:
         tmp_ctx.cleanup()
     return 0
