@@ -11,6 +11,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -56,8 +57,8 @@ class ImputeClinical(SimpleInterface):
             record['note'] = 'the model has no tabular head: nothing imputed'
         else:
             imputer = load_imputer(self.inputs.model)
-            images = {m: load_conformed(p)
-                      for m, p in zip(self.inputs.in_modalities, self.inputs.in_files)
+            files = self.inputs.in_files if isdefined(self.inputs.in_files) else []
+            images = {m: load_conformed(p) for m, p in zip(self.inputs.in_modalities, files)
                       if m in imputer.modalities}
             session = SessionArrays(self.inputs.subject, self.inputs.session or None, images,
                                     clinical)
