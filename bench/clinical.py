@@ -390,7 +390,9 @@ def main(argv=None) -> int:
 
     timings = {}
     t = time.monotonic()
-    conform_cohort(roots['test'] / 'bids', roots['test'] / 'conformed', res=4, procs=2)
+    held_out = sorted(p.name[4:] for p in (roots['test'] / 'bids').glob('sub-*'))[:args.test]
+    conform_cohort(roots['test'] / 'bids', roots['test'] / 'conformed', res=4, procs=2,
+                   subjects=held_out)
     timings['conform_held_out_s'] = round(time.monotonic() - t, 1)
     t = time.monotonic()
     train_model = args.model or _group(roots['train'])
@@ -398,7 +400,7 @@ def main(argv=None) -> int:
     tab = load_tabular(train_model)
     imputer = load_imputer(train_model)
     train_sessions = _sessions(roots['train'])
-    test_sessions = _sessions(roots['test'])
+    test_sessions = [s for s in _sessions(roots['test']) if s.subject in held_out]
     import pandas as pd
 
     truth_df = pd.read_csv(roots['test'] / 'groundtruth' / 'participants.tsv', sep='\t')
@@ -431,7 +433,8 @@ def main(argv=None) -> int:
         'machine': _machine(),
         'mosaic': mosaic,
         'cohorts': {'train': _cohort_info(roots['train']),
-                    'held_out': {'n_subjects': args.test, 'seed': SEEDS['test']},
+                    'held_out': {'n_subjects': len(held_out), 'seed': SEEDS['test'],
+                                 'subjects': held_out},
                     'phantom': {'resolution': 'low', 'missing': 0.15}, 'model_res_mm': 4,
                     'method': 'regression', 'model': str(train_model)},
         'imputation': imputation,

@@ -29,8 +29,10 @@ def _one(job) -> str:
     return out
 
 
-def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None) -> list[str]:
-    """Conform every available image of ``bids_dir`` into ``dest``; return the files."""
+def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None,
+                   subjects=None) -> list[str]:
+    """Conform every available image of ``bids_dir`` (of ``subjects``, default all) into
+    ``dest``; return the files."""
     from concurrent.futures import ProcessPoolExecutor
 
     from ..bids.layout import collect_sessions, load_layout
@@ -38,7 +40,7 @@ def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for inv in collect_sessions(load_layout(bids_dir)):
+    for inv in collect_sessions(load_layout(bids_dir), participant_labels=subjects or None):
         key = inv.subject + (f'_{inv.session}' if inv.session else '')
         for mod in inv.available:
             if modalities and mod not in modalities:
@@ -53,8 +55,9 @@ def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None)
     return [_one(job) for job in jobs]
 
 
-def load_sessions(bids_dir, dest) -> list:
-    """The conformed sessions of :func:`conform_cohort` with their clinical values."""
+def load_sessions(bids_dir, dest, subjects=None) -> list:
+    """The conformed sessions of :func:`conform_cohort` (of ``subjects``, default all) with
+    their clinical values."""
     from ..bids.clinical import load_clinical
     from .fit import sessions_from_files
 
@@ -64,6 +67,8 @@ def load_sessions(bids_dir, dest) -> list:
             continue
         parts = f.name[:-len('.nii.gz')].split('_')
         mod = parts[-1]
+        if subjects and parts[0] not in subjects:
+            continue
         files.append(str(f))
         mods.append(mod)
         keys.append('/'.join(parts[:-1]))
