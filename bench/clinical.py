@@ -218,7 +218,11 @@ def _population(n: int, seed: int) -> list[dict]:
 
 
 def _fidelity(train_rows, test_rows, tab, n_synth: int, epochs: int, population=()):
-    from sdmetrics.reports.single_table import QualityReport
+    try:
+        from sdmetrics.reports.single_table import QualityReport
+    except ImportError as exc:
+        print(f'sdmetrics not installed ({exc}): tabular fidelity skipped (see the docstring)')
+        return {'skipped': f'sdmetrics not installed: {exc}'}
 
     schema = tab.head.schema
     real_train, real_test = _frame(train_rows, schema), _frame(test_rows, schema)
@@ -415,9 +419,23 @@ def main(argv=None) -> int:
 
     t0 = time.monotonic()
     roots = {'train': args.train_dir or args.work / 'train', 'test': args.work / 'test'}
+    if args.model and not (roots['train'] / 'bids' / 'participants.tsv').is_file():
+        # the model's own recipe cohort (its card says how it was made)
+        from bids_synth.models.checkpoint import read_card
+        from bids_synth.phantom import generate_cohort
+
+        recipe = read_card(args.model).get('recipe', {}).get('phantom')
+        if not recipe:
+            raise SystemExit(f'{args.model}: no recipe cohort in its card; pass --train-dir')
+        generate_cohort(roots['train'] / 'bids', ground_truth=roots['train'] / 'groundtruth',
+                        **recipe)
     for k, n in (('train', args.train), ('test', args.test)):
         if not (roots[k] / 'bids' / 'participants.tsv').is_file():
             _cohort(roots[k], n, SEEDS[k])
+    if args.model and not (roots['train'] / 'work' / 'bids_synth_group_wf').is_dir():
+        from bids_synth.training.conformed import conform_cohort
+
+        conform_cohort(roots['train'] / 'bids', roots['train'] / 'conformed', res=4, procs=2)
     from bids_synth.training.conformed import conform_cohort
 
     timings = {}
