@@ -289,7 +289,7 @@ def _run_participant(config, plan: _Plan) -> tuple[int, bool]:
     unknown = [t for t in targets if t not in known]
     if config.workflow.modalities and unknown:
         LOGGER.warning('the model cannot synthesize %s; skipped', ', '.join(unknown))
-    impute_columns = _impute_columns(config, card)
+    impute_columns = [c for c in _impute_columns(config, card) if c in plan.clinical.columns]
 
     def imputes(inv):
         from ..workflows.base import needs_imputation
@@ -322,7 +322,8 @@ def _run_participant(config, plan: _Plan) -> tuple[int, bool]:
 
 def _impute_columns(config, card: dict) -> list[str]:
     """Clinical columns the model's tabular head imputes (none with --no-impute-clinical, or
-    for a model without a tabular head, or outside --clinical-columns)."""
+    for a model without a tabular head, or outside --clinical-columns). The caller keeps those
+    the dataset's tables have: a column a dataset lacks has no n/a cell to fill."""
     if not config.workflow.impute_clinical:
         return []
     columns = list((card.get('tabular') or {}).get('columns', []))
