@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/participant.py
 	$(PY) bench/speed.py
 	$(PY) bench/quality.py
+	$(PY) bench/clinical.py --train-dir /tmp/bids_synth-default --model bids_synth/data/default_model
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

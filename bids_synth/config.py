@@ -87,6 +87,9 @@ class Workflow:
     sampler: str = ''
     """Sampler (empty: the model card's default)."""
     clinical_columns: list[str] = dc.field(default_factory=list)
+    impute_clinical: bool = True
+    """Participant level: impute n/a clinical values with the model's tabular head
+    (``--no-impute-clinical`` turns it off)."""
     res: int = 0
     """Template resolution for group-level fitting (0: the method's default)."""
     train_steps: int = 0

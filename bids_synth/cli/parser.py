@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='do not validate the input with bids-validator-deno')
     g.add_argument('--clinical-columns', nargs='+', metavar='COL',
                    help='participants.tsv columns to condition on (default: all)')
+    g.add_argument('--no-impute-clinical', dest='impute_clinical', action='store_false',
+                   help='participant level: do not impute n/a clinical values (default: each '
+                   'n/a value of a column the model\'s tabular head knows is predicted from the '
+                   'images and the other values, used by the synthesis and written to '
+                   '<out>/participants.tsv)')
     g.add_argument('--derivatives', nargs='+', type=Path, metavar='DIR',
                    help='fMRIPrep/sMRIPrep output folders: their desc-preproc_T1w, '
                    'desc-brain_mask and from-T1w_to-MNI152NLin2009{a,c}Sym transforms are used '

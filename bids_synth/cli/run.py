@@ -289,19 +289,51 @@ def _run_participant(config, plan: _Plan) -> tuple[int, bool]:
     unknown = [t for t in targets if t not in known]
     if config.workflow.modalities and unknown:
         LOGGER.warning('the model cannot synthesize %s; skipped', ', '.join(unknown))
-    todo = [inv for inv in plan.inventories if targets_of(inv) and inv.reference is not None]
+    impute_columns = [c for c in _impute_columns(config, card) if c in plan.clinical.columns]
+
+    def imputes(inv):
+        from ..workflows.base import needs_imputation
+
+        return needs_imputation(plan.clinical.for_session(inv.subject, inv.session),
+                                impute_columns)
+
+    todo = [inv for inv in plan.inventories
+            if (targets_of(inv) or imputes(inv)) and inv.reference is not None]
     if not todo:
-        LOGGER.info('nothing to synthesize: every selected session has its target modalities')
+        LOGGER.info('nothing to synthesize: every selected session has its target modalities'
+                    + (' and clinical values' if impute_columns else ''))
         return 0, False
     out = Path(ex.output_dir)
     write_dataset_description(out, ex.bids_dir, version=__version__)
     write_bidsignore(out)
     for inv in todo:
-        LOGGER.info('%s: synthesizing %s from %s', inv.label, ', '.join(targets_of(inv)),
-                    ', '.join(m for m in inv.available if m in known) or 'clinical data only')
+        if targets_of(inv):
+            LOGGER.info('%s: synthesizing %s from %s', inv.label, ', '.join(targets_of(inv)),
+                        ', '.join(m for m in inv.available if m in known)
+                        or 'clinical data only')
+        if imputes(inv):
+            values = plan.clinical.for_session(inv.subject, inv.session)
+            LOGGER.info('%s: imputing %s', inv.label,
+                        ', '.join(c for c in impute_columns if values.get(c) is None))
     wf = init_bids_synth_wf(config, todo, plan.clinical, model=model, model_card=card,
-                            targets_of=targets_of)
+                            targets_of=targets_of, impute_columns=impute_columns)
     return _execute(config, wf), True
+
+
+def _impute_columns(config, card: dict) -> list[str]:
+    """Clinical columns the model's tabular head imputes (none with --no-impute-clinical, or
+    for a model without a tabular head, or outside --clinical-columns). The caller keeps those
+    the dataset's tables have: a column a dataset lacks has no n/a cell to fill."""
+    if not config.workflow.impute_clinical:
+        return []
+    columns = list((card.get('tabular') or {}).get('columns', []))
+    if not columns:
+        LOGGER.info('the model has no clinical head (fitted before it existed): n/a clinical '
+                    'values are not imputed; refit with the group level to get one')
+        return []
+    if config.workflow.clinical_columns:
+        columns = [c for c in columns if c in config.workflow.clinical_columns]
+    return columns
 
 
 def _group_base(wfc) -> tuple[Path | None, dict | None]:

@@ -22,6 +22,8 @@ class _SynthesizeInputSpec(BaseInterfaceInputSpec):
     in_modalities = traits.List(traits.Str, desc='modality of each in_file')
     target = traits.Str(mandatory=True, desc='modality to synthesize')
     clinical = traits.Dict(desc='clinical values of the session')
+    clinical_imputed = traits.Dict(desc='column -> prediction, for the values of ``clinical`` '
+                                   'that were imputed (provenance)')
     model = traits.Str(mandatory=True, desc='model directory')
     method = traits.Str('', usevalue=True, desc='expected method ("" = the model\'s)')
     seed = traits.Int(0, usevalue=True)
@@ -103,6 +105,8 @@ class Synthesize(SimpleInterface):
                 if k in imputer.card().get('clinical_schema', {})
             },
         )
+        if self.inputs.clinical_imputed:
+            prov['clinical_imputed'] = dict(self.inputs.clinical_imputed)
         # method-specific provenance (diffusion: sampler, steps, fusion weights) wins
         prov.update({k: v for k, v in pred.extra.items() if k not in ('inputs_used', 'inputs')})
         prov_file = os.path.join(runtime.cwd, 'provenance.json')

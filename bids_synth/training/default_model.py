@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--device', default='auto')
     ap.add_argument('--method', default=RECIPE['method'], choices=['regression', 'diffusion'])
     ap.add_argument('--nprocs', type=int, default=os.cpu_count() or 1)
+    ap.add_argument('--clinical-head-only', action='store_true',
+                    help='refit only the tabular part (clinical head, row generator) with the '
+                         'same recipe and add it to the model in --out, keeping its weights')
     args = ap.parse_args(argv)
 
     from ..cli.run import main as bids_synth
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     bids = root / 'bids'
     if not (bids / 'dataset_description.json').is_file():
         generate_cohort(bids, ground_truth=root / 'groundtruth', **phantom)
+    if args.clinical_head_only:
+        return _add_clinical_head(bids, root, args.out, args.nprocs, t0, tmp_ctx)
     cmd = [str(bids), str(root / 'out'), 'group', '--method', args.method, '--res',
            str(RECIPE['res']), '--seed', str(RECIPE['seed']), '-w', str(root / 'work'),
            '--nprocs', str(args.nprocs), '--omp-nthreads', '1', '--skip-bids-validation',
@@ -94,6 +99,41 @@ def main(argv: list[str] | None = None) -> int:
     size = (args.out / WEIGHTS_NAME).stat().st_size / 2**20
     print(f'default model written to {args.out} ({size:.1f} MB) in '
           f'{time.monotonic() - t0:.0f} s')
+    if tmp_ctx:
+        tmp_ctx.cleanup()
+    return 0
+
+
+def _add_clinical_head(bids: Path, root: Path, dest: Path, nprocs: int, t0: float,
+                       tmp_ctx) -> int:
+    """Fit the tabular part of the model in ``dest`` on the recipe cohort and add it.
+
+    The cohort is conformed with the participant level's conform function (cached under
+    ``<work>/conformed``), its clinical table read as ``group`` reads it, and the head fitted
+    with the model's own predictions (``training.fit.fit_clinical_head``): the weights and the
+    rest of the card are kept.
+    """
+    from ..bids.clinical import load_clinical
+    from ..models.checkpoint import CARD_NAME, read_card
+    from ..models.loading import load_imputer
+    from .conformed import conform_cohort, load_sessions
+    from .fit import fit_clinical_head
+
+    card = read_card(dest)
+    res = int(card['template']['res'])
+    conform_cohort(bids, root / 'conformed', res=res, procs=nprocs,
+                   modalities=card['modalities'])
+    sessions = load_sessions(bids, root / 'conformed')
+    tab = fit_clinical_head(load_imputer(dest), sessions, load_clinical(bids).schema(), dest,
+                            res=res, seed=RECIPE['seed'])
+    card = read_card(dest)
+    card['tabular']['recipe'] = (
+        '`python -m bids_synth.training.default_model --clinical-head-only` (the recipe '
+        f'cohort conformed, the head fitted with these weights; {time.monotonic() - t0:.0f} s)')
+    tmp = dest / f'.{CARD_NAME}.tmp'
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True))
+    os.replace(tmp, dest / CARD_NAME)
+    print(f'clinical head added to {dest} (columns: {", ".join(tab.head.columns)})')
     if tmp_ctx:
         tmp_ctx.cleanup()
     return 0

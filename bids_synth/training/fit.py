@@ -15,7 +15,7 @@ import numpy as np
 from ..bids.modalities import MODALITIES
 from ..models.imputer import SessionArrays
 
-__all__ = ['fit_model', 'sessions_from_files', 'split_by_subject']
+__all__ = ['fit_model', 'fit_clinical_head', 'sessions_from_files', 'split_by_subject']
 
 LOGGER = logging.getLogger('bids_synth.training')
 
@@ -99,12 +99,28 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
             kwargs['ridge'] = model.lam
         model = RegressionImputer.fit(complete, **kwargs)
         model.info['validation'] = validation
-        return model.save(out_dir)
+        path = model.save(out_dir)
+        fit_clinical_head(model, sessions, clinical_schema, path, res=res, seed=seed)
+        return path
     from .diffusion import train_diffusion
 
     config = recipe(train_config, train_steps)
-    return Path(train_diffusion(
+    path = Path(train_diffusion(
         sessions, mask=mask, clinical_schema=clinical_schema, out_dir=out_dir,
         modalities=[m for m in modalities if m in MODALITIES], res=res, config=config,
         seed=seed, init_from=init_from, progress=True, device=device,
     ))
+    from ..models.loading import load_imputer
+
+    fit_clinical_head(load_imputer(path), sessions, clinical_schema, path, res=res, seed=seed)
+    return path
+
+
+def fit_clinical_head(imputer, sessions, clinical_schema, model_dir, *, res, seed=0):
+    """Fit the tabular part (clinical imputation head, row generator) of a fitted model and
+    store it in its folder (``models.tabular``)."""
+    from ..models.tabular import fit_tabular
+
+    tab = fit_tabular(imputer, sessions, clinical_schema, res, seed=seed, progress=True)
+    tab.save(model_dir)
+    return tab

@@ -23,6 +23,7 @@ from nipype.pipeline import engine as pe
 
 from ..bids.derivatives import bids_uri
 from ..bids.modalities import MODALITIES
+from ..interfaces.clinical import ImputeClinical, ImputedParticipants
 from ..interfaces.conform import ConformInput, ToNative
 from ..interfaces.derivatives import SynthDerivatives
 from ..interfaces.provenance import derive_seed, resolve_device
@@ -45,7 +46,7 @@ def _safe(label: str) -> str:
 
 
 def init_bids_synth_wf(config, inventories, clinical, *, model: str, model_card: dict,
-                       targets_of) -> pe.Workflow:
+                       targets_of, impute_columns=()) -> pe.Workflow:
     """Participant level: one sub-workflow per subject.
 
     Parameters
@@ -60,6 +61,10 @@ def init_bids_synth_wf(config, inventories, clinical, *, model: str, model_card:
         Its card (modalities, template resolution, method).
     targets_of : callable
         ``targets_of(inventory) -> tuple`` of modalities to synthesize for a session.
+    impute_columns : sequence of str
+        Clinical columns the model's tabular head imputes (empty: no imputation). Each session
+        with one of them missing gets an ``impute_clinical`` node whose values its synthesizing
+        nodes use; ``ds_participants`` writes ``<out>/participants.tsv`` with them.
     """
     wf = pe.Workflow(name='bids_synth_wf', base_dir=config.execution.work_dir)
     by_subject: dict[str, list] = {}
@@ -68,33 +73,64 @@ def init_bids_synth_wf(config, inventories, clinical, *, model: str, model_card:
     if model_card.get('method') == 'regression' and config.workflow.num_samples > 1:
         LOGGER.warning('the regression is deterministic: one image per target, no '
                        'desc-synthstd (--num-samples %d ignored)', config.workflow.num_samples)
+    sub_wfs = []
     for subject, sessions in sorted(by_subject.items()):
         sub_wf = init_single_subject_wf(
             config, subject, sessions, clinical, model=model, model_card=model_card,
-            targets_of=targets_of,
+            targets_of=targets_of, impute_columns=impute_columns,
         )
         if sub_wf is not None:
             wf.add_nodes([sub_wf])
+            sub_wfs.append(sub_wf)
+    imputing = [w for w in sub_wfs if w.get_node('outputnode') is not None]
+    if imputing:
+        merge_clinical = pe.Node(niu.Merge(len(imputing), ravel_inputs=True),
+                                 name='merge_clinical')
+        ds_participants = pe.Node(
+            ImputedParticipants(bids_dir=str(config.execution.bids_dir),
+                                output_dir=str(config.execution.output_dir),
+                                columns=list(impute_columns)),
+            name='ds_participants', run_without_submitting=True,
+        )
+        for i, sub_wf in enumerate(imputing, start=1):
+            wf.connect([(sub_wf, merge_clinical, [('outputnode.clinical_records', f'in{i}')])])  # fmt:skip
+        wf.connect([(merge_clinical, ds_participants, [('out', 'records')])])  # fmt:skip
     return wf
 
 
+def needs_imputation(values: dict, impute_columns) -> bool:
+    """Whether a session lacks a value of a column the tabular head imputes.
+
+    >>> needs_imputation({'age': 70.0, 'mmse': None}, ['mmse']), needs_imputation({}, [])
+    (True, False)
+    """
+    return any(values.get(c) is None for c in impute_columns)
+
+
 def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_card,
-                           targets_of):
-    """All sessions of one subject, plus the subject's report. ``None`` if nothing to do."""
+                           targets_of, impute_columns=()):
+    """All sessions of one subject, plus the subject's report. ``None`` if nothing to do.
+
+    A session with nothing to synthesize but a clinical value to impute gets only its conform
+    and ``impute_clinical`` nodes; ``outputnode.clinical_records`` (present when a session
+    imputes) lists the imputation records."""
     wf = pe.Workflow(name=f'sub_{_safe(subject)}_wf')
     res = int(model_card['template'].get('res', 2))
     num_samples = samples_of(model_card, config.workflow.num_samples)
     entries = []
     for inv in sessions:
         targets = targets_of(inv)
-        if not targets:
+        values = clinical.for_session(inv.subject, inv.session)
+        impute = needs_imputation(values, impute_columns)
+        if not targets and not impute:
             continue
         ses_wf = init_session_synth_wf(
             inv,
             targets=targets,
             model=model,
             model_modalities=tuple(model_card['modalities']),
-            clinical_values=clinical.for_session(inv.subject, inv.session),
+            clinical_values=values,
+            impute_clinical=impute,
             res=res,
             method=config.workflow.method,
             seed=config.seeds.master,
@@ -111,10 +147,20 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             precomputed=_precomputed(config, inv),
             native_refine=config.workflow.native_refine,
         )
-        entries.append((inv, ses_wf, targets))
+        entries.append((inv, ses_wf, targets, impute))
     if not entries:
         return None
-    n_out = sum(len(t) for _, _, t in entries)
+    imputing = [ses_wf for _, ses_wf, _, impute in entries if impute]
+    if imputing:
+        outputnode = pe.Node(niu.IdentityInterface(fields=['clinical_records']),
+                             name='outputnode')
+        merge_records = pe.Node(niu.Merge(len(imputing)), name='merge_records')
+        for i, ses_wf in enumerate(imputing, start=1):
+            wf.connect([(ses_wf, merge_records, [('outputnode.clinical_record', f'in{i}')])])  # fmt:skip
+        wf.connect([(merge_records, outputnode, [('out', 'clinical_records')])])  # fmt:skip
+    n_out = sum(len(t) for _, _, t, _ in entries)
+    if not n_out:
+        return wf
     merge_outputs = pe.Node(niu.Merge(n_out), name='merge_outputs')
     report = pe.Node(
         SubjectReport(subject=subject, output_dir=config.execution.output_dir,
@@ -122,7 +168,7 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
         name='report',
     )
     idx = 1
-    for inv, ses_wf, targets in entries:
+    for inv, ses_wf, targets, _ in entries:
         for target in targets:
             wf.connect([(ses_wf, merge_outputs, [(f'outputnode.{target}', f'in{idx}')])])  # fmt:skip
             idx += 1
@@ -164,6 +210,7 @@ def init_session_synth_wf(
     skull_strip='auto',
     precomputed=None,
     native_refine=True,
+    impute_clinical=False,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
@@ -173,15 +220,21 @@ def init_session_synth_wf(
     ``native_refine``: sMRI targets of a session whose reference is an sMRI image get a
     ``refine_<target>`` node (:class:`~bids_synth.interfaces.refine.RefineNative`) between
     ``native_<target>`` and ``ds_<target>``: the native output takes the reference's detail.
+    ``impute_clinical``: an ``impute_clinical`` node
+    (:class:`~bids_synth.interfaces.clinical.ImputeClinical`) predicts the missing clinical
+    values from the conformed inputs and the other values; every ``synth_<target>`` uses them.
 
     Outputs
     -------
     outputnode.<target>
         JSON record (path) of each synthesized target: files written and provenance.
+    outputnode.clinical_record
+        JSON record of the clinical imputation (``impute_clinical`` only).
     """
     name = name or f'ses_{_safe(inv.session or "none")}_wf'
     wf = pe.Workflow(name=name)
-    outputnode = pe.Node(niu.IdentityInterface(fields=list(targets)), name='outputnode')
+    fields = list(targets) + (['clinical_record'] if impute_clinical else [])
+    outputnode = pe.Node(niu.IdentityInterface(fields=fields), name='outputnode')
 
     ref = inv.reference
     inputs = [m for m in inv.available if m in model_modalities]
@@ -208,6 +261,16 @@ def init_session_synth_wf(
     for i, node in enumerate(conform_nodes.values(), start=1):
         wf.connect([(node, merge_brain, [('brain_report', f'in{i}')])])  # fmt:skip
 
+    if impute_clinical:
+        impute = pe.Node(
+            ImputeClinical(in_modalities=inputs, clinical=_plain(clinical_values), model=model,
+                           subject=inv.subject, session=inv.session or ''),
+            name='impute_clinical', mem_gb=1,
+        )
+        if inputs:
+            wf.connect([(merge_inputs, impute, [('out', 'in_files')])])  # fmt:skip
+        wf.connect([(impute, outputnode, [('out_record', 'clinical_record')])])  # fmt:skip
+
     use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
     smri_reference = MODALITIES[ref.modality].family == 'smri'
     # the other acquired sMRI images: more guide channels of the native refinement
@@ -223,7 +286,8 @@ def init_session_synth_wf(
     for target in targets:
         synth = pe.Node(
             Synthesize(
-                in_modalities=inputs, target=target, clinical=_plain(clinical_values),
+                in_modalities=inputs, target=target,
+                **({} if impute_clinical else {'clinical': _plain(clinical_values)}),
                 model=model, method=method or '',
                 seed=derive_seed(seed, inv.subject, inv.session or '', target),
                 num_samples=num_samples, write_samples=write_samples, steps=steps,
@@ -247,6 +311,9 @@ def init_session_synth_wf(
         )
         if inputs:
             wf.connect([(merge_inputs, synth, [('out', 'in_files')])])  # fmt:skip
+        if impute_clinical:
+            wf.connect([(impute, synth, [('clinical', 'clinical'),
+                                         ('imputed', 'clinical_imputed')])])  # fmt:skip
         wf.connect([
             (synth, native, [('out_file', 'in_file')]),
             (conform_nodes[ref.modality], native, [('transform', 'transform'),
