@@ -51,33 +51,6 @@ AUC_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45')
 PAIR = ('T1w', 'FDG')
 
 
-def _conform_cohort(bids_dir: Path, work: Path, res: int, force: bool = False):
-    """Conform every image of every session; list of SessionArrays. ``force`` keeps inputs
-    that fail the registration QC (as ``--force``: another scanner's contrast may)."""
-    from bids_synth.bids.clinical import load_clinical
-    from bids_synth.bids.layout import collect_sessions, load_layout
-    from bids_synth.models.imputer import SessionArrays
-    from bids_synth.preprocessing.conform import conform, load_conformed, save_conformed
-    from bids_synth.preprocessing.templates import load_template
-
-    tpl = load_template(res)
-    clinical = load_clinical(bids_dir)
-    out = []
-    for inv in collect_sessions(load_layout(bids_dir)):
-        images = {}
-        for mod in inv.available:
-            f = inv.files[mod]
-            cache = work / inv.label / f'{mod}.nii.gz'
-            if not cache.is_file():
-                res_ = conform(f.path, mod, tpl, work / inv.label / mod, metadata=f.metadata,
-                               force=force)
-                save_conformed(res_, cache, tpl)
-            images[mod] = load_conformed(cache)
-        out.append(SessionArrays(inv.subject, inv.session, images,
-                                 clinical.for_session(inv.subject, inv.session)))
-    return out
-
-
 def _evaluate(predict, sessions, mask, modalities, patterns_for, clean=None):
     """{target: {pattern: {psnr, ssim, mae, n}}} with ``predict(inputs, target) -> (C,X,Y,Z)``.
 
@@ -111,15 +84,18 @@ def _evaluate(predict, sessions, mask, modalities, patterns_for, clean=None):
 
 
 def _cohort(work: Path, name: str, res: int, **kwargs):
-    """Generate (once) and conform a phantom cohort under ``work/name``."""
+    """Generate (once) and conform a phantom cohort under ``work/name`` (cached)."""
     from bids_synth.phantom import generate_cohort
+    from bids_synth.training.conformed import conform_cohort, load_sessions
 
     bids = work / name / 'bids'
     if not (bids / 'dataset_description.json').is_file():
         kwargs.setdefault('missing', 0.0)
         generate_cohort(bids, ground_truth=work / name / 'gt', **kwargs)
-    return bids, _conform_cohort(bids, work / name / 'conformed', res,
-                                 force=bool(kwargs.get('shift_contrast')))
+    dest = work / name / 'conformed'
+    conform_cohort(bids, dest, res=res, procs=os.cpu_count() or 1,
+                   force=bool(kwargs.get('shift_contrast')))
+    return bids, load_sessions(bids, dest)
 
 
 def _same_subjects(a, b, what):
@@ -444,12 +420,9 @@ def main(argv=None) -> int:
                     '--method diffusion)')
     ap.add_argument('--pair', action='store_true',
                     help='also train and score a dedicated T1w -> FDG diffusion model')
-    ap.add_argument('--pair-only', action='store_true',
-                    help='only (train and) score the pair model, updating the saved --out JSON')
-    ap.add_argument('--realism-only', action='store_true',
-                    help='only rescore the samples and the uncertainty, updating --out')
-    ap.add_argument('--base-only', action='store_true',
-                    help='only score the diffusion model\'s own ridge base, updating --out')
+    ap.add_argument('--only', choices=('realism', 'base', 'pair'),
+                    help='rescore one part (samples and uncertainty; the model\'s own ridge '
+                    'base; the dedicated pair model, trained once) and update the saved --out')
     ap.add_argument('--num-samples', type=int, default=None,
                     help='diffusion samples per prediction (default: the card\'s K)')
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'quality.json')
@@ -489,30 +462,20 @@ def main(argv=None) -> int:
     _, shifted = _cohort(work, 'heldout_shifted', res, shift_contrast=True, **common)
     _same_subjects(held, clean, 'clean')
     _same_subjects(held, shifted, 'shifted')
-    if args.realism_only:
+    if args.only:  # rescore one part of a saved result
         saved = json.loads(args.out.read_text())
-        saved['realism_uncertainty'] = _realism_and_uncertainty(
-            diffusion, regression, held, clean, shifted, mask, modalities)
+        if args.only == 'realism':
+            saved['realism_uncertainty'] = _realism_and_uncertainty(
+                diffusion, regression, held, clean, shifted, mask, modalities)
+        elif args.only == 'base':
+            saved['own_ridge_base'] = _own_base(diffusion, held, clean, shifted, mask, modalities)
+        else:
+            saved['pair_model'] = _pair(work, res, held, mask,
+                                        saved['per_target_per_pattern']['diffusion'])
         saved['goals'] = _goals(saved['summary_all_other_inputs'], saved['shifted_contrasts'],
                                 saved['realism_uncertainty'], saved['downstream_auc'],
                                 saved['pair_model'])
         saved['date'] = time.strftime('%Y-%m-%d')
-        args.out.write_text(json.dumps(saved, indent=2) + '\n')
-        print(markdown(saved))
-        return 0
-    if args.base_only:
-        saved = json.loads(args.out.read_text())
-        saved['own_ridge_base'] = _own_base(diffusion, held, clean, shifted, mask, modalities)
-        args.out.write_text(json.dumps(saved, indent=2) + '\n')
-        print(markdown(saved))
-        return 0
-    if args.pair_only:
-        saved = json.loads(args.out.read_text())
-        saved['pair_model'] = _pair(work, res, held, mask,
-                                    saved['per_target_per_pattern']['diffusion'])
-        saved['goals'] = _goals(saved['summary_all_other_inputs'], saved['shifted_contrasts'],
-                                saved['realism_uncertainty'], saved['downstream_auc'],
-                                saved['pair_model'])
         args.out.write_text(json.dumps(saved, indent=2) + '\n')
         print(markdown(saved))
         return 0

@@ -283,27 +283,21 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     machine = (f'{platform.machine()}, {os.cpu_count()} cores, CPU only; niced, shared with '
                'other jobs (contended)')
+    result = {'machine': machine, 'model': args.model}
     if args.removed_only:
-        result = {'machine': machine, 'model': args.model, 'removed': removed_comparisons(tmp)}
-        result['total_seconds'] = round(time.perf_counter() - t0, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + '\n')
-        print(json.dumps(result['removed'], indent=2))
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return 0 if result['removed']['run']['exit_code'] == 0 else 1
-    bids = copy_subjects(tmp / 'bids', {s: (s, ()) for s in ('ms07', 'ixi002', 'forrest02')})
-    run = run_participant(bids, tmp / 'out', tmp / 'work')
-    result = {
-        'machine': machine,
-        'model': args.model,
-        'all_subjects': {'run': run, 'conform': conform_nodes(tmp / 'work'),
-                         'forrest02_T1w_mask_mosaic': t1w_mask_mosaic(
-                             tmp / 'work', args.out.parent / 'real_forrest02_T1w_mask.png')},
-        'removed': removed_comparisons(tmp),
-        'bold_reference_brain_extraction': bold_reference_extraction(
-            tmp, args.out.parent / 'real_forrest02_bold_mask.png'),
-    }
+        result['removed'] = removed_comparisons(tmp)
+        run = result['removed']['run']
+    else:
+        bids = copy_subjects(tmp / 'bids', {s: (s, ()) for s in ('ms07', 'ixi002', 'forrest02')})
+        run = run_participant(bids, tmp / 'out', tmp / 'work')
+        result.update({
+            'all_subjects': {'run': run, 'conform': conform_nodes(tmp / 'work'),
+                             'forrest02_T1w_mask_mosaic': t1w_mask_mosaic(
+                                 tmp / 'work', args.out.parent / 'real_forrest02_T1w_mask.png')},
+            'removed': removed_comparisons(tmp),
+            'bold_reference_brain_extraction': bold_reference_extraction(
+                tmp, args.out.parent / 'real_forrest02_bold_mask.png'),
+        })
     result['total_seconds'] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + '\n')

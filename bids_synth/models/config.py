@@ -73,8 +73,9 @@ class ModelSpec:
         contrast never more than a margin below the ridge, the best score on contrast-shifted
         inputs otherwise; ``training/calibration.py``). Empty: 1 for every modality.
     std_scale : tuple of float
-        Per modality, the factor of the residual samples that makes mean +/- 1.645 std cover
-        90% of the validation voxels (split conformal calibration). Empty: 1.
+        Per modality, the factor of the samples' standard deviation that makes mean +/- 1.645
+        std cover 90% of the validation voxels (split conformal calibration; the samples
+        themselves keep the flow's scale). Empty: 1.
     typicality : tuple of float
         Per modality, the mean input-typicality score (``uncertainty.typicality``) of the
         validation sessions' images: the reference a prediction's inputs are compared with.

@@ -27,6 +27,7 @@ import torch
 
 from ..metrics import psnr
 from ..models.imputer import SessionArrays
+from ..models.synthesis import stack_images
 from ..models.uncertainty import COVERAGE_Z, coarse, conformal_scale
 from .augment import augment_inputs
 
@@ -39,16 +40,19 @@ GATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 _CALIB_VOXELS = 20000
 
 
-def leave_one_out(sessions: list[SessionArrays], modalities) -> list[tuple[SessionArrays, str]]:
-    """(session with every other known modality as input, target) for each present target."""
+def leave_one_out(sessions: list[SessionArrays],
+                  modalities) -> list[tuple[SessionArrays, str, np.ndarray]]:
+    """(session with every other known modality as input, target, the target's image) for each
+    present target."""
     jobs = []
     for s in sessions:
         have = [m for m in modalities if m in s.images]
         if len(have) < 2:
             continue
         for t in have:
-            jobs.append((SessionArrays(s.subject, s.session,
-                                       {m: s.images[m] for m in have if m != t}, s.clinical), t))
+            inputs = SessionArrays(s.subject, s.session,
+                                   {m: s.images[m] for m in have if m != t}, s.clinical)
+            jobs.append((inputs, t, s.images[t]))
     return jobs
 
 
@@ -59,20 +63,18 @@ def input_statistics(net, images: torch.Tensor, present: torch.Tensor) -> None:
     grid of the low-pass coefficients. The std is floored at a tenth of its median so that a
     voxel that never varies does not dominate the score."""
     spec = net.spec
+    device = net.input_mean.device
+    low = torch.cat([coarse(net.to_coefs(images[i:i + 1].to(device))[:, ::spec.subbands])
+                     for i in range(images.shape[0])])  # (N, C_total, a, b, c)
     for j, sl in enumerate(spec.channel_slices().values()):
-        rows = present[:, j]
+        rows = present[:, j].to(device)
         if int(rows.sum()) < 2:
             continue
-        for c in range(sl.start, sl.stop):
-            low = []
-            for i in torch.nonzero(rows).flatten().tolist():
-                coefs = net.to_coefs(images[i:i + 1].to(net.input_mean.device))
-                low.append(coarse(coefs[:, c * spec.subbands:c * spec.subbands + 1])[0, 0])
-            stack = torch.stack(low)
-            sd = stack.std(dim=0)
-            floor = float(sd.median()) * 0.1
-            net.input_mean[c] = stack.mean(dim=0)
-            net.input_std[c] = sd.clamp(min=max(floor, 1e-6))
+        stack = low[rows][:, sl]
+        sd = stack.std(dim=0)
+        floor = (sd.flatten(1).median(dim=1).values * 0.1).clamp(min=1e-6)
+        net.input_mean[sl] = stack.mean(dim=0)
+        net.input_std[sl] = torch.maximum(sd, floor[:, None, None, None])
 
 
 def choose_gates(model, sessions: list[SessionArrays], mask: np.ndarray, *, seed: int = 0,
@@ -85,8 +87,7 @@ def choose_gates(model, sessions: list[SessionArrays], mask: np.ndarray, *, seed
     mods = model.modalities
     csl = model.spec.channel_slices()
     scores: dict[str, dict[str, list]] = {m: {'standard': [], 'shifted': []} for m in mods}
-    for sess, t in leave_one_out(sessions, mods):
-        ref = _truth(sessions, sess, t)
+    for sess, t, ref in leave_one_out(sessions, mods):
         for kind, inputs in (('standard', sess.images),
                              ('shifted', augment_inputs(sess.images, mask, rng, 1.0))):
             parts = model.components(inputs, sess.clinical or {})
@@ -114,13 +115,6 @@ def choose_gates(model, sessions: list[SessionArrays], mask: np.ndarray, *, seed
     return tuple(gates), {'gates': list(GATES), 'margin_db': margin, 'per_modality': report}
 
 
-def _truth(sessions: list[SessionArrays], sess: SessionArrays, target: str) -> np.ndarray:
-    for s in sessions:
-        if s.subject == sess.subject and s.session == sess.session:
-            return s.images[target]
-    raise KeyError(target)
-
-
 def calibrate_std(model, sessions: list[SessionArrays], *, seed: int = 0,
                   num_samples: int | None = None) -> tuple[tuple[float, ...], dict]:
     """Per modality std scale (split conformal) and the coverage before it.
@@ -131,11 +125,10 @@ def calibrate_std(model, sessions: list[SessionArrays], *, seed: int = 0,
     rng = np.random.default_rng([seed, 99])
     mods = model.modalities
     ratios: dict[str, list] = {m: [] for m in mods}
-    for sess, t in leave_one_out(sessions, mods):
+    for sess, t, truth in leave_one_out(sessions, mods):
         pred = model.predict(sess, (t,), seed=seed, num_samples=num_samples)[t]
         if pred.std is None:
             continue
-        truth = _truth(sessions, sess, t)
         m3 = np.broadcast_to(model.mask, truth.shape)
         r = np.abs(truth - pred.mean)[m3] / np.maximum(pred.std[m3], 1e-12)
         if r.size > _CALIB_VOXELS:
@@ -159,8 +152,6 @@ def typicality_reference(model, sessions: list[SessionArrays],
                          fallback: float = 1.5) -> tuple[float, ...]:
     """Mean typicality score per modality over the sessions' images (``fallback`` for a
     modality they lack)."""
-    from ..models.synthesis import stack_images
-
     net = model.net
     vals: dict[str, list] = {m: [] for m in model.modalities}
     for s in sessions:

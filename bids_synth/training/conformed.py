@@ -20,19 +20,20 @@ def _one(job) -> str:
     from ..preprocessing.conform import conform, save_conformed
     from ..preprocessing.templates import load_template
 
-    path, mod, metadata, out, work, res = job
+    path, mod, metadata, out, work, res, force = job
     if not Path(out).is_file():
         tpl = load_template(res)
         tmp = out[:-len('.nii.gz')] + '.tmp.nii.gz'
-        save_conformed(conform(path, mod, tpl, work, metadata=metadata), tmp, tpl)
+        save_conformed(conform(path, mod, tpl, work, metadata=metadata, force=force), tmp, tpl)
         os.replace(tmp, out)
     return out
 
 
 def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None,
-                   subjects=None) -> list[str]:
+                   subjects=None, force: bool = False) -> list[str]:
     """Conform every available image of ``bids_dir`` (of ``subjects``, default all) into
-    ``dest``; return the files."""
+    ``dest``; return the files. ``force`` keeps inputs that fail the registration QC (as
+    ``--force``: another scanner's contrast may)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from ..bids.layout import collect_sessions, load_layout
@@ -48,7 +49,7 @@ def conform_cohort(bids_dir, dest, *, res: int, procs: int = 1, modalities=None,
             f = inv.files[mod]
             jobs.append((str(f.path), mod, json.loads(json.dumps(f.metadata, default=str)),
                          str(dest / f'{key}_{mod}.nii.gz'), str(dest / 'work' / f'{key}_{mod}'),
-                         int(res)))
+                         int(res), bool(force)))
     if procs > 1:
         with ProcessPoolExecutor(procs) as pool:
             return list(pool.map(_one, jobs))
