@@ -303,16 +303,17 @@ def _roi_means(vol, res, names):
     return float(vol[m].mean())
 
 
-def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int):
-    from bids_synth.models.imputer import SessionArrays
+def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int, train=None):
+    """Image-table relations of generated subjects against the held-out cohort's and (when
+    ``train`` = (sessions, truth) is given) the training cohort's, which is what the generator
+    learned: with 20-odd subjects per cohort the two real figures differ too."""
     from bids_synth.models.tabular import image_features
 
     res = tab.res
     rows = tab.generator.sample(n_gen, np.random.default_rng(seed))
-    gen = []
-    for i, row in enumerate(rows):
-        pred = imputer.predict(SessionArrays(f'g{i}', None, {}, row), tuple(imputer.modalities))
-        gen.append(({m: p.mean for m, p in pred.items()}, row))
+    mods = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45') if m in imputer.modalities]
+    gen = [(tab.subject_images(row, imputer, tuple(mods), seed=i)[0], row)
+           for i, row in enumerate(rows)]
     real = [({m: v for m, v in s.images.items()}, truth[s.subject]) for s in test_sessions]
 
     def slope(pairs):
@@ -335,10 +336,14 @@ def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int):
                 'n_fdg': {k: len(v) for k, v in fdg.items()}}
 
     m_real, m_gen = measures(real), measures(gen)
-    ratio = {k: round(m_gen[k] / m_real[k], 3) for k in ('ventricle_t1w_vs_age_slope_per_year',
-                                                          'fdg_ad_minus_cn_suvr')
-             if m_real[k] not in (0, float('nan'))}
-    mods = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45') if m in imputer.modalities]
+    keys = ('ventricle_t1w_vs_age_slope_per_year', 'fdg_ad_minus_cn_suvr')
+    ratio = {k: round(m_gen[k] / m_real[k], 3) for k in keys if m_real[k] not in (0, float('nan'))}
+    extra = {}
+    if train is not None:
+        m_train = measures([(dict(s.images), train[1][s.subject]) for s in train[0]])
+        extra = {'training_real': m_train,
+                 'generated_over_training': {k: round(m_gen[k] / m_train[k], 3) for k in keys
+                                             if m_train[k] not in (0, float('nan'))}}
     fr = np.array([image_features({m: im[m] for m in mods if m in im}, mods, res)
                    for im, _ in real])
     fg = np.array([image_features(im, mods, res) for im, _ in gen])
@@ -346,7 +351,7 @@ def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int):
     ok = np.isfinite(mu_r) & (sd_r > 1e-8)
     shift = np.abs(np.nanmean(fg, 0) - mu_r)[ok] / sd_r[ok]
     spread = (np.nanstd(fg, 0)[ok] / sd_r[ok])
-    return {'real': m_real, 'generated': m_gen, 'generated_over_real': ratio,
+    return {'real': m_real, 'generated': m_gen, 'generated_over_real': ratio, **extra,
             'n_generated': n_gen, 'n_real': len(real),
             'regional_means': {'n_features': int(ok.sum()),
                                'median_mean_shift_in_real_sd': round(float(np.median(shift)), 3),
@@ -362,7 +367,6 @@ def _mosaic(tab, imputer, out_png: Path, seed: int = 2) -> dict:
     import matplotlib.pyplot as plt
 
     from bids_synth.models.copula import parse_where
-    from bids_synth.models.imputer import SessionArrays
 
     mods = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45') if m in imputer.modalities]
     rows = [tab.generator.sample(1, np.random.default_rng(seed),
@@ -370,9 +374,9 @@ def _mosaic(tab, imputer, out_png: Path, seed: int = 2) -> dict:
             for dx in ('CN', 'AD')]
     fig, axes = plt.subplots(2, len(mods), figsize=(2.2 * len(mods), 5.2))
     for i, row in enumerate(rows):
-        pred = imputer.predict(SessionArrays(f'g{i}', None, {}, row), tuple(mods))
+        images, _ = tab.subject_images(row, imputer, tuple(mods), seed=i)
         for j, m in enumerate(mods):
-            vol = pred[m].mean[0]
+            vol = images[m][0]
             z = vol.shape[2] // 2 + 2
             ax = axes[i, j]
             ax.imshow(np.rot90(vol[:, :, z]), cmap='gray' if j < 3 else 'magma',
@@ -453,15 +457,18 @@ def main(argv=None) -> int:
     test_sessions = [s for s in _sessions(roots['test']) if s.subject in held_out]
     import pandas as pd
 
-    truth_df = pd.read_csv(roots['test'] / 'groundtruth' / 'participants.tsv', sep='\t')
-    truth = {}
-    for _, r in truth_df.iterrows():
-        sub = str(r['participant_id']).removeprefix('sub-')
-        truth[sub] = {k: (None if (isinstance(v, float) and np.isnan(v)) else v)
-                      for k, v in r.items()}
-        for k in ('diagnosis', 'amyloid', 'sex', 'apoe4'):
-            if truth[sub].get(k) is not None:
-                truth[sub][k] = str(truth[sub][k])
+    def read_truth(root):
+        truth = {}
+        for _, r in pd.read_csv(root / 'groundtruth' / 'participants.tsv', sep='\t').iterrows():
+            sub = str(r['participant_id']).removeprefix('sub-')
+            truth[sub] = {k: (None if (isinstance(v, float) and np.isnan(v)) else v)
+                          for k, v in r.items()}
+            for k in ('diagnosis', 'amyloid', 'sex', 'apoe4'):
+                if truth[sub].get(k) is not None:
+                    truth[sub][k] = str(truth[sub][k])
+        return truth
+
+    truth = read_truth(roots['test'])
     t = time.monotonic()
     imputation = _imputation(train_sessions, test_sessions, truth, tab, imputer)
     timings['imputation_s'] = round(time.monotonic() - t, 1)
@@ -476,7 +483,10 @@ def main(argv=None) -> int:
     timings['fidelity_s'] = round(time.monotonic() - t, 1)
     print(json.dumps(fidelity, indent=1))
     t = time.monotonic()
-    coherence = _coherence(test_sessions, truth, tab, imputer, args.n_generated, seed=1)
+    train_truth = (read_truth(roots['train'])
+                   if (roots['train'] / 'groundtruth' / 'participants.tsv').is_file() else None)
+    coherence = _coherence(test_sessions, truth, tab, imputer, args.n_generated, seed=1,
+                           train=(train_sessions, train_truth) if train_truth else None)
     timings['coherence_s'] = round(time.monotonic() - t, 1)
     print(json.dumps(coherence, indent=1))
     mosaic = _mosaic(tab, imputer, HERE.parent / 'docs' / 'img' / 'clinical_generated.png')

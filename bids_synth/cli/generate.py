@@ -2,10 +2,13 @@
 
     bids-synth-generate [MODEL_DIR] OUT --n-subjects N [--seed S] [--where "diagnosis=AD" ...]
 
-For each subject, a clinical row is drawn from the model's tabular generator (a Gaussian copula
-fitted to the training table by ``group``; ``--where`` conditions by rejection), then every
-modality is synthesized by the image model conditioned on that row alone (no image input), and
-resampled from the template grid onto an acquisition-like native grid of the phantom (its field
+For each subject, one draw of the model's tabular generator (a Gaussian copula fitted by
+``group`` to the training table *and* the principal-component scores of the participants'
+sMRI/PET images, :mod:`bids_synth.models.image_components`; ``--where`` conditions by
+rejection) gives the clinical row and the images' component scores, which are decoded into
+images that agree with the row as the training cohort's did (a model fitted before the joint
+generator existed synthesizes each image with its image model from the row alone). Each image
+is resampled from the template grid onto an acquisition-like native grid of the phantom (its field
 of view, voxel size and orientation, a small random head pose). ``MODEL_DIR`` ``default`` (or
 none) is the embedded default model.
 
@@ -121,7 +124,7 @@ def _to_native(vol: np.ndarray, tpl, grid, pose) -> np.ndarray:
     return out.reshape(grid.shape).astype(np.float32)
 
 
-def _sidecar(modality: str, prov: dict, fwhm_mm: float) -> dict:
+def _sidecar(modality: str, prov: dict, fwhm_mm: float, joint: bool = False) -> dict:
     from ..phantom.mri import anat_sidecar
     from ..phantom.pet import pet_sidecar
 
@@ -137,9 +140,12 @@ def _sidecar(modality: str, prov: dict, fwhm_mm: float) -> dict:
         side['FrameDuration'] = [sum(pet_sidecar(modality, n_frames=1, dose_factor=1.0,
                                                  fwhm_mm=fwhm_mm,
                                                  time_zero='10:00:00')['FrameDuration'])]
+    how = ('decoded from image component scores drawn jointly with the clinical row of this '
+           "participant (the model's table+image copula)" if joint else
+           'synthesized by bids_synth from the clinical row of this participant alone (no '
+           'image input)')
     side['bids_synth'] = dict(prov, image=(
-        f'{modality} synthesized by bids_synth from the clinical row of this participant '
-        'alone (no image input), on the model template grid, resampled to this grid; brain '
+        f'{modality} {how}, on the model template grid, resampled to this grid; brain '
         'only (zero outside the template brain mask)'
         + ('; values are SUVR (reference region of the model representation), not Bq/mL'
            if _FAMILY[modality] == 'pet' else '; intensities are the model\'s normalized '
@@ -176,7 +182,6 @@ def generate(model_dir, out, *, n_subjects: int, seed: int = 0, where=(), modali
     from ..interfaces.provenance import derive_seed, software_versions
     from ..models.checkpoint import read_card
     from ..models.copula import parse_where
-    from ..models.imputer import SessionArrays
     from ..models.loading import load_imputer
     from ..models.tabular import load_tabular
     from ..preprocessing.templates import load_template
@@ -228,15 +233,12 @@ def generate(model_dir, out, *, n_subjects: int, seed: int = 0, where=(), modali
         for label, row in tqdm(list(zip(labels, rows)), desc='bids-synth-generate',
                                unit='subject', disable=not progress):
             sub_seed = derive_seed(seed, label)
-            sess = SessionArrays(label, None, {}, dict(row))
-            kwargs = {'device': device}
-            if imputer.method == 'diffusion':
-                kwargs['num_samples'] = 1
-            pred = imputer.predict(sess, tuple(known), seed=sub_seed, **kwargs)
+            images, how = tab.subject_images(row, imputer, tuple(known), seed=sub_seed,
+                                             device=device)
             prng = np.random.default_rng(sub_seed)
             for mod in known:
                 grid, pose = _native_grid(mod, resolution, centre, prng)
-                data = _to_native(pred[mod].mean[0], tpl, grid, pose)
+                data = _to_native(images[mod][0], tpl, grid, pose)
                 folder = tmp / f'sub-{label}' / _FAMILY[mod]
                 folder.mkdir(parents=True, exist_ok=True)
                 name = (f'sub-{label}_trc-{mod}_pet' if _FAMILY[mod] == 'pet'
@@ -247,8 +249,9 @@ def generate(model_dir, out, *, n_subjects: int, seed: int = 0, where=(), modali
                 img.header.set_sform(grid.affine, code=1)
                 img.to_filename(folder / f'{name}.nii.gz')
                 prov = dict(base, clinical_used={k: row.get(k) for k in columns},
-                            subject_seed=sub_seed)
-                side = _sidecar(mod, prov, fwhm_mm=float(card['template']['res']))
+                            subject_seed=sub_seed, image_source=how[mod])
+                side = _sidecar(mod, prov, fwhm_mm=float(card['template']['res']),
+                                joint=how[mod] == 'joint')
                 (folder / f'{name}.json').write_text(json.dumps(side, indent=2,
                                                                 sort_keys=True) + '\n')
         lines = ['\t'.join(['participant_id'] + columns)]
@@ -262,9 +265,9 @@ def generate(model_dir, out, *, n_subjects: int, seed: int = 0, where=(), modali
             'BIDSVersion': '1.10.0', 'DatasetType': 'raw', 'License': 'CC0',
             'Authors': ['bids-synth-generate'],
             'GeneratedBy': [{'Name': 'bids_synth', 'Version': __version__,
-                             'Description': 'bids-synth-generate: clinical rows from the '
-                                            "model's Gaussian copula, images from its image "
-                                            'model conditioned on them'}],
+                             'Description': 'bids-synth-generate: clinical rows and image '
+                                            "component scores from the model's joint Gaussian "
+                                            'copula, decoded into images'}],
         }
         (tmp / 'dataset_description.json').write_text(json.dumps(desc, indent=2) + '\n')
         (tmp / 'README').write_text(
@@ -272,8 +275,10 @@ def generate(model_dir, out, *, n_subjects: int, seed: int = 0, where=(), modali
             f'(bids_synth {__version__}) with the model {card["name"]} (sha256 '
             f'{card["sha256"][:12]}...), seed {seed}'
             + (f', conditions {" ".join(where)}' if where else '') + '.\nClinical rows were '
-            'drawn from a Gaussian copula fitted to the training table; images were synthesized '
-            'from the clinical row alone. No image or value comes from a real person.\n')
+            'drawn, together with the principal-component scores of the images, from a Gaussian '
+            'copula fitted to the training table and images; each image is the training '
+            "cohort's mean plus a combination of its participants' deviations from it (see each "
+            "sidecar's bids_synth.image). No row or image is a real person's.\n")
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

@@ -276,11 +276,14 @@ class CopulaGenerator:
 
     # ------------------------------------------------------------------ storage
     def to_dict(self) -> dict:
-        return {'kind': 'gaussian copula', 'columns': self.columns,
+        # 'order': the rows and columns of the correlation; a JSON writer that sorts keys
+        # must not scramble them
+        return {'kind': 'gaussian copula', 'columns': self.columns, 'order': list(self.columns),
                 'correlation': self.corr.tolist(), 'n_rows': self.n_rows,
                 'text_columns': self.text_columns}
 
     @classmethod
     def from_dict(cls, d: dict) -> CopulaGenerator:
-        return cls(d['columns'], np.asarray(d['correlation'], float), d.get('n_rows', 0),
-                   d.get('text_columns', []))
+        order = d.get('order') or list(d['columns'])
+        return cls({c: d['columns'][c] for c in order}, np.asarray(d['correlation'], float),
+                   d.get('n_rows', 0), d.get('text_columns', []))

@@ -12,10 +12,16 @@ folder (``tabular.json``, plain JSON, its sha256 in the model card):
   ``Ridge`` (penalty by cross-validation over participants), a Gaussian whose spread is the
   cross-validated residual RMS; categorical
   columns: multinomial ``LogisticRegression`` (penalty chosen by cross-validation), the level
-  probabilities. Training rows are replicated with the other columns hidden at random, so any
-  subset of them may be missing when it is used.
-- **generator** (:class:`~.copula.CopulaGenerator`): a Gaussian copula over the table, the
-  clinical row of a synthetic subject (``bids-synth-generate``).
+  probabilities; a column of three or more levels may instead be **ordinal** (ridge regression
+  of the level index in participants.json's order, a Gaussian latent score cut between levels:
+  CN < MCI < AD, 0 < 1 < 2 alleles), whichever has the lower cross-validated log loss, so a
+  middle level seen in few training rows is still predicted. Training rows are replicated
+  with the other columns hidden at random, so any subset of them may be missing when it is
+  used.
+- **generator**: a Gaussian copula over the table (:class:`~.copula.CopulaGenerator`) draws
+  the clinical row of a synthetic subject, and a linear-Gaussian model of the sMRI/PET images
+  given that row (:mod:`.image_components`) its images (``bids-synth-generate``,
+  :meth:`TabularModel.subject_images`).
 
 Text columns (notes) are neither predicted nor generated.
 """
@@ -36,9 +42,10 @@ import numpy as np
 from ..bids.modalities import MODALITIES
 from ..errors import ModelError
 from .copula import CopulaGenerator
+from .image_components import COMPONENTS_NAME, ImageComponents
 
 __all__ = ['ClinicalHead', 'TabularModel', 'image_features', 'feature_names', 'fit_tabular',
-           'impute_clinical',
+           'impute_clinical', 'filled_images',
            'load_tabular', 'session_features', 'TABULAR_NAME']
 
 LOGGER = logging.getLogger('bids_synth.models.tabular')
@@ -51,6 +58,9 @@ _N_COPIES = 8
 _HIDE_PROB = 0.25
 _ALPHAS = tuple(np.logspace(-2, 4, 13))
 _CS = (0.03, 0.1, 0.3, 1.0, 3.0)
+#: modalities the generator draws jointly with the clinical row (those bids-synth-generate
+#: writes as raw images; bold and dwi are derived maps)
+_GENERATED_IMAGES = ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45')
 
 
 # ---------------------------------------------------------------------------- image features
@@ -104,12 +114,10 @@ def image_features(images: dict, modalities, res: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def session_features(imputer, session, res: int) -> tuple[np.ndarray, list[str]]:
-    """Features of a session, its missing modalities synthesized from its images alone.
-
-    Clinical values are not used for that synthesis: a value to be imputed must not leak into
-    the features that predict it. Returns the features and the modalities synthesized.
-    """
+def filled_images(imputer, session) -> tuple[dict, list[str]]:
+    """The session's images with every modality it lacks synthesized from its images alone
+    (no clinical value: a value to be imputed must not leak into what predicts it); returns
+    them and the modalities synthesized."""
     from .imputer import SessionArrays
 
     mods = tuple(imputer.modalities)
@@ -121,7 +129,14 @@ def session_features(imputer, session, res: int) -> tuple[np.ndarray, list[str]]
         kwargs = {'num_samples': 1} if imputer.method == 'diffusion' else {}
         pred = imputer.predict(bare, missing, seed=0, **kwargs)
         images.update({m: p.mean for m, p in pred.items()})
-    return image_features(images, mods, res), list(missing)
+    return images, list(missing)
+
+
+def session_features(imputer, session, res: int) -> tuple[np.ndarray, list[str]]:
+    """Features of a session (:func:`image_features`), its missing modalities synthesized by
+    :func:`filled_images`. Returns the features and the modalities synthesized."""
+    images, missing = filled_images(imputer, session)
+    return image_features(images, tuple(imputer.modalities), res), missing
 
 
 # ------------------------------------------------------------------------- imputation head
@@ -290,6 +305,11 @@ class ClinicalHead:
                         loss -= float(np.log(p[np.arange(test.sum()), y[test]]).sum())
                     if best is None or loss < best[0]:
                         best = (loss, c)
+                ordinal = (_fit_ordinal(x, y, groups, folds, len(levels))
+                           if len(levels) >= 3 else None)
+                if ordinal is not None and ordinal.pop('cv_loss') < best[0]:
+                    models[col] = dict(ordinal, n=len(base), multinomial_cv_loss=best[0])
+                    continue
                 model = LogisticRegression(C=best[1], max_iter=2000).fit(x, y)
                 models[col] = {'kind': 'multinomial', 'classes': model.classes_.tolist(),
                                'coef': model.coef_.tolist(),
@@ -330,6 +350,9 @@ class ClinicalHead:
                 levels = self.schema[col]['levels']
                 if m['kind'] == 'constant':
                     p = np.asarray(m['probabilities'])
+                elif m['kind'] == 'ordinal':
+                    score = float(x @ np.asarray(m['coef']) + m['intercept'])
+                    p = _ordinal_probabilities(np.array([score]), m['std'], len(levels))[0]
                 else:
                     logits = np.asarray(m['coef']) @ x + np.asarray(m['intercept'])
                     if len(m['classes']) == 2 and logits.shape[0] == 1:
@@ -343,14 +366,58 @@ class ClinicalHead:
         return out
 
     def to_dict(self) -> dict:
-        return {'schema': self.schema, 'encoder': self.encoder.stats,
+        return {'schema': self.schema, 'order': list(self.schema), 'encoder': self.encoder.stats,
                 'feature_mean': self.feat_mu.tolist(), 'feature_std': self.feat_sd.tolist(),
                 'models': self.models, 'use_images': self.use_images}
 
     @classmethod
     def from_dict(cls, d: dict) -> ClinicalHead:
-        return cls(d['schema'], d['encoder'], d['feature_mean'], d['feature_std'],
-                   d['models'], d['use_images'])
+        # the encoder's feature order is the schema's column order at fit time ('order')
+        order = d.get('order') or list(d['schema'])
+        return cls({c: d['schema'][c] for c in order}, d['encoder'], d['feature_mean'],
+                   d['feature_std'], d['models'], d['use_images'])
+
+
+def _ordinal_probabilities(score: np.ndarray, std: float, n_levels: int) -> np.ndarray:
+    """Level probabilities of a Gaussian latent score (mean ``score``, spread ``std``) cut at
+    the half-integers between level indices: shape (N, n_levels), floored at 1e-3.
+
+    >>> _ordinal_probabilities(np.array([1.0]), 0.25, 3).round(3).tolist()
+    [[0.023, 0.954, 0.023]]
+    """
+    from scipy.special import ndtr
+
+    cuts = np.arange(n_levels - 1) + 0.5
+    cdf = ndtr((cuts[None] - np.asarray(score, float)[:, None]) / max(std, 1e-3))
+    cdf = np.concatenate([np.zeros((cdf.shape[0], 1)), cdf, np.ones((cdf.shape[0], 1))], 1)
+    p = np.maximum(np.diff(cdf, axis=1), 1e-3)
+    return p / p.sum(1, keepdims=True)
+
+
+def _fit_ordinal(x, y, groups, folds, n_levels: int) -> dict:
+    """Ordinal model of a categorical column whose levels are in a meaningful order (as
+    participants.json lists them: CN, MCI, AD; 0, 1, 2 alleles): ridge regression of the
+    level index, its cross-validated residual as a Gaussian spread, probabilities by
+    :func:`_ordinal_probabilities`. Returns the model and its cross-validated log loss
+    (``cv_loss``, summed as the multinomial's), which decides between the two."""
+    from sklearn.linear_model import Ridge
+
+    yf = y.astype(float)
+    cv = {}
+    for alpha in _ALPHAS:
+        pred = np.empty_like(yf)
+        for held in folds:
+            test = np.isin(groups, held)
+            pred[test] = Ridge(alpha=alpha).fit(x[~test], yf[~test]).predict(x[test])
+        cv[alpha] = pred
+    alpha = min(cv, key=lambda a: float(np.mean((cv[a] - yf) ** 2)))
+    std = float(np.sqrt(np.mean((cv[alpha] - yf) ** 2)))
+    p = _ordinal_probabilities(cv[alpha], std, n_levels)
+    loss = -float(np.log(p[np.arange(len(y)), y]).sum())
+    model = Ridge(alpha=alpha).fit(x, yf)
+    return {'kind': 'ordinal', 'coef': model.coef_.tolist(),
+            'intercept': float(model.intercept_), 'alpha': float(alpha), 'std': std,
+            'cv_loss': loss}
 
 
 def _decimals(values: np.ndarray) -> int:
@@ -362,11 +429,42 @@ def _decimals(values: np.ndarray) -> int:
 
 # --------------------------------------------------------------------------------- storage
 class TabularModel:
-    """The tabular part of a model folder: the imputation head and the row generator."""
+    """The tabular part of a model folder: the imputation head, the row generator and (models
+    fitted since it exists) the image components whose scores the generator draws with each
+    row (:mod:`.image_components`)."""
 
     def __init__(self, head: ClinicalHead, generator: CopulaGenerator, features: dict,
-                 info: dict):
+                 info: dict, components: ImageComponents | None = None):
         self.head, self.generator, self.features, self.info = head, generator, features, info
+        self.components = components
+
+    def subject_images(self, row: dict, imputer, modalities, *, seed: int = 0,
+                       device: str = 'cpu') -> tuple[dict, dict]:
+        """Images (1, X, Y, Z) of a generated subject whose clinical row is ``row``.
+
+        Modalities of the image components are drawn from p(images | row)
+        (:mod:`.image_components`: the regression on the row plus Gaussian residual scores
+        drawn with ``seed``); any other is synthesized by ``imputer`` from the clinical values
+        alone. Returns the images and, per modality, how it was made (``'joint'`` or
+        ``'conditional'``).
+        """
+        from .imputer import SessionArrays
+
+        comp = self.components
+        joint = [m for m in modalities if comp is not None and m in comp.modalities]
+        out = {}
+        if joint:
+            design = self.head.encoder.encode(row, '')
+            scores = comp.sample_scores(np.random.default_rng(seed))
+            decoded = comp.decode(design, scores)
+            out.update({m: decoded[m] for m in joint})
+        rest = tuple(m for m in modalities if m not in out)
+        if rest:
+            kwargs = {'num_samples': 1} if imputer.method == 'diffusion' else {}
+            pred = imputer.predict(SessionArrays('generated', None, {}, dict(row)), rest,
+                                   seed=seed, device=device, **kwargs)
+            out.update({m: pred[m].mean for m in rest})
+        return out, {m: 'joint' if m in joint else 'conditional' for m in modalities}
 
     @property
     def res(self) -> int:
@@ -385,7 +483,8 @@ class TabularModel:
         from .checkpoint import CARD_NAME
 
         mdir = Path(model_dir)
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        # insertion order kept: the head's and the copula's feature orders are column orders
+        text = json.dumps(self.to_dict(), indent=1)
         _atomic_write(mdir / TABULAR_NAME, text)
         card_file = mdir / CARD_NAME
         card = json.loads(card_file.read_text())
@@ -393,6 +492,13 @@ class TabularModel:
                            'sha256': hashlib.sha256(text.encode()).hexdigest(),
                            'columns': self.head.columns,
                            'generated_columns': list(self.generator.columns)}
+        if self.components is not None:
+            card['tabular']['images'] = {
+                'file': COMPONENTS_NAME,
+                'sha256': self.components.save(mdir / COMPONENTS_NAME),
+                'modalities': list(self.components.modalities),
+                'n_components': self.components.n_components,
+                'penalty': self.components.penalty}
         _atomic_write(card_file, json.dumps(card, indent=2, sort_keys=True))
         return mdir / TABULAR_NAME
 
@@ -432,11 +538,16 @@ def load_tabular(model_dir: str | Path) -> TabularModel | None:
         d = json.loads(raw)
         if d.get('format') != FORMAT:
             raise ValueError(f'format is not {FORMAT!r}')
-        return TabularModel(ClinicalHead.from_dict(d['head']),
-                            CopulaGenerator.from_dict(d['generator']), d['features'],
-                            d.get('info', {}))
+        tab = TabularModel(ClinicalHead.from_dict(d['head']),
+                           CopulaGenerator.from_dict(d['generator']), d['features'],
+                           d.get('info', {}))
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f'{path}: not a bids_synth tabular model ({exc})') from None
+    images = entry.get('images')
+    if images:
+        tab.components = ImageComponents.load(mdir / images.get('file', COMPONENTS_NAME),
+                                              images.get('sha256'))
+    return tab
 
 
 def fit_tabular(imputer, sessions, schema: dict, res: int, *, seed: int = 0,
@@ -446,24 +557,36 @@ def fit_tabular(imputer, sessions, schema: dict, res: int, *, seed: int = 0,
     from tqdm.auto import tqdm
 
     mods = list(imputer.modalities)
-    feats, rows = [], []
+    feats, rows, filled = [], [], {}
     for s in tqdm(sessions, desc='clinical head: image features', unit='session',
                   disable=not progress, leave=False):
-        f, _ = session_features(imputer, s, res)
-        feats.append(f)
+        images, _ = filled_images(imputer, s)
+        feats.append(image_features(images, tuple(mods), res))
         rows.append(dict(s.clinical))
+        filled[(s.subject, s.session or '')] = images
     feats_a = np.stack(feats) if feats else np.zeros((0, 0))
     head = ClinicalHead.fit(rows, feats_a, schema, seed=seed)
-    first: dict[str, dict] = {}
-    for s in sorted(sessions, key=lambda s: (s.subject, s.session or '')):
-        first.setdefault(s.subject, dict(s.clinical))
-    generator = CopulaGenerator.fit(list(first.values()), schema, seed=seed)
+    first: dict[str, tuple] = {}
+    for key in sorted(filled):
+        s = next(x for x in sessions if (x.subject, x.session or '') == key)
+        first.setdefault(key[0], (dict(s.clinical), filled[key]))
+    # p(images | row): the images of each participant's first session on its encoded row
+    comp_mods = [m for m in mods if m in _GENERATED_IMAGES]
+    components = None
+    if comp_mods and len(first) >= 3:
+        from ..preprocessing.templates import load_template
+
+        design = np.array([head.encoder.encode(row, '') for row, _ in first.values()], float)
+        components = ImageComponents.fit([im for _, im in first.values()],
+                                         load_template(res).mask.astype(bool), comp_mods,
+                                         design)
+    generator = CopulaGenerator.fit([row for row, _ in first.values()], schema, seed=seed)
     info = {'n_sessions': len(sessions), 'n_participants': len(first),
             'head_columns': head.columns, 'schema': schema}
     LOGGER.info('clinical head fitted on %d session(s): %s', len(sessions),
                 ', '.join(head.columns) or 'no column with enough values')
     return TabularModel(head, generator, {'res': int(res), 'modalities': mods,
-                                          'names': feature_names(mods, res)}, info)
+                                          'names': feature_names(mods, res)}, info, components)
 
 
 def impute_clinical(tab: TabularModel, imputer, session) -> tuple[dict, dict, list[str]]:
