@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SEEDS = {'train': 4242, 'test': 5353, 'population': 6464}
+SEEDS = {'train': 4242, 'test': 5353, 'population': 6464, 'images': 7777}
 _AD_REGIONS = ('posterior_cingulate', 'precuneus', 'temporoparietal')
 
 
@@ -303,10 +303,12 @@ def _roi_means(vol, res, names):
     return float(vol[m].mean())
 
 
-def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int, train=None):
-    """Image-table relations of generated subjects against the held-out cohort's and (when
+def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int, train=None,
+               population=None):
+    """Image-table relations of generated subjects against the held-out cohort's, (when
     ``train`` = (sessions, truth) is given) the training cohort's, which is what the generator
-    learned: with 20-odd subjects per cohort the two real figures differ too."""
+    learned, and (``population``) a large phantom cohort's: with 20-odd subjects per cohort the
+    real figures differ from each other too."""
     from bids_synth.models.tabular import image_features
 
     res = tab.res
@@ -339,11 +341,13 @@ def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int, train=
     keys = ('ventricle_t1w_vs_age_slope_per_year', 'fdg_ad_minus_cn_suvr')
     ratio = {k: round(m_gen[k] / m_real[k], 3) for k in keys if m_real[k] not in (0, float('nan'))}
     extra = {}
-    if train is not None:
-        m_train = measures([(dict(s.images), train[1][s.subject]) for s in train[0]])
-        extra = {'training_real': m_train,
-                 'generated_over_training': {k: round(m_gen[k] / m_train[k], 3) for k in keys
-                                             if m_train[k] not in (0, float('nan'))}}
+    for name, ref in (('training', train), ('population', population)):
+        if ref is None:
+            continue
+        m_ref = measures([(dict(s.images), ref[1][s.subject]) for s in ref[0]])
+        extra[f'{name}_real'] = m_ref
+        extra[f'generated_over_{name}'] = {k: round(m_gen[k] / m_ref[k], 3) for k in keys
+                                           if m_ref[k] not in (0, float('nan'))}
     fr = np.array([image_features({m: im[m] for m in mods if m in im}, mods, res)
                    for im, _ in real])
     fg = np.array([image_features(im, mods, res) for im, _ in gen])
@@ -408,7 +412,10 @@ def main(argv=None) -> int:
     ap.add_argument('--train', type=int, default=24)
     ap.add_argument('--test', type=int, default=24)
     ap.add_argument('--n-synth', type=int, default=500)
-    ap.add_argument('--n-generated', type=int, default=40)
+    ap.add_argument('--n-generated', type=int, default=200)
+    ap.add_argument('--population', type=int, default=120,
+                    help='subjects of a T1w+FDG phantom cohort (seed 7777) whose relations are a '
+                         'third, low-noise reference of the coherence (0: skip)')
     ap.add_argument('--epochs', type=int, default=300)
     ap.add_argument('--work', type=Path, default=Path('/tmp/bids_synth-bench-clinical'))
     ap.add_argument('--model', type=Path,
@@ -485,8 +492,20 @@ def main(argv=None) -> int:
     t = time.monotonic()
     train_truth = (read_truth(roots['train'])
                    if (roots['train'] / 'groundtruth' / 'participants.tsv').is_file() else None)
+    population = None
+    if args.population:
+        root = args.work / 'population'
+        if not (root / 'bids' / 'participants.tsv').is_file():
+            from bids_synth.phantom import generate_cohort
+
+            generate_cohort(root / 'bids', n_subjects=args.population, seed=SEEDS['images'],
+                            missing=0.0, resolution='low', modalities=('T1w', 'FDG'),
+                            ground_truth=root / 'groundtruth', n_jobs=2)
+        conform_cohort(root / 'bids', root / 'conformed', res=4, procs=2)
+        population = (_sessions(root), read_truth(root))
     coherence = _coherence(test_sessions, truth, tab, imputer, args.n_generated, seed=1,
-                           train=(train_sessions, train_truth) if train_truth else None)
+                           train=(train_sessions, train_truth) if train_truth else None,
+                           population=population)
     timings['coherence_s'] = round(time.monotonic() - t, 1)
     print(json.dumps(coherence, indent=1))
     mosaic = _mosaic(tab, imputer, HERE.parent / 'docs' / 'img' / 'clinical_generated.png')

@@ -101,8 +101,11 @@ def run_participant(bids: Path, out: Path, work: Path, *extra: str) -> dict:
     from bids_synth.cli.run import main
 
     t0 = time.perf_counter()
+    # the real table's diagnosis (MS, healthy) has no level of the phantom-trained models
+    # (CN, MCI, AD): condition on age and sex only, as the error message tells a user to
     code = main([str(bids), str(out), 'participant', '--model', MODEL[0], '-w', str(work),
-                 '--nprocs', '2', '--omp-nthreads', '2', '--no-reports', *extra])
+                 '--nprocs', '2', '--omp-nthreads', '2', '--no-reports',
+                 '--clinical-columns', 'age', 'sex', *extra])
     return {'exit_code': code, 'seconds': round(time.perf_counter() - t0, 1)}
 
 
