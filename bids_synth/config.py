@@ -96,6 +96,9 @@ class Workflow:
     """Group level: training steps for the diffusion model (0: the recipe's default)."""
     train_config: str = ''
     """Group level: a training preset name or a JSON file of recipe overrides ('': default)."""
+    contrast_augmentation: int = 0
+    """Group level, regression: contrast-randomized copies of each session's inputs in the
+    ridge's moments (0: none)."""
     skull_strip: str = 'auto'
     """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
     (``force``) or never (``skip``)."""

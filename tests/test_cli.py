@@ -199,3 +199,19 @@ def test_train_config_file_overrides_the_recipe(tmp_path):
     tiny = recipe('tiny', 3)
     assert (tiny.mean_steps, tiny.flow_steps, tiny.ssl_steps) == (3, 1, 2)
     assert tiny.model['mean_channels'] == (8, 8)
+
+
+def test_contrast_augmentation_option(tmp_path, capsys):
+    from bids_synth.cli.parser import parse_args
+    from bids_synth.config import Config
+
+    opts = parse_args([str(tmp_path), str(tmp_path / 'out'), 'group',
+                       '--contrast-augmentation', '2'])
+    assert Config.from_options(opts).workflow.contrast_augmentation == 2
+    assert Config.from_options(parse_args([str(tmp_path), str(tmp_path / 'out'), 'group'])
+                               ).workflow.contrast_augmentation == 0
+    code, err = _run([tmp_path, tmp_path / 'out', 'group', '--contrast-augmentation', '-1'],
+                     capsys)
+    assert code == 64
+    (line,) = _error_lines(err)
+    assert 'contrast-augmentation' in line and '0 or more' in line

@@ -109,6 +109,16 @@ def _train_config(value: str) -> str:
     return str(path.absolute())
 
 
+def _count(value: str) -> int:
+    try:
+        ivalue = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+    if ivalue < 0:
+        raise argparse.ArgumentTypeError(f'{value} must be 0 or more')
+    return ivalue
+
+
 def _positive(value: str) -> int:
     try:
         ivalue = int(value)
@@ -208,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--train-config', type=_train_config, default=None, metavar='PRESET|FILE',
                    help='group level: the diffusion training recipe, a preset (default, tiny) '
                    'or a JSON file of overrides of the default recipe (docs/model.md)')
+    g.add_argument('--contrast-augmentation', type=_count, default=0, metavar='N',
+                   help='group level, regression: fit the ridge also on N copies of each '
+                   'session whose sMRI/PET inputs get another scanner\'s random contrasts '
+                   '(robust to new scanners, a little worse on the training contrasts; '
+                   'docs/model.md; default 0)')
 
     g = parser.add_argument_group('execution')
     g.add_argument('-w', '--work-dir', type=Path, metavar='DIR',

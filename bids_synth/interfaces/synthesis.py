@@ -130,6 +130,8 @@ class _FitModelInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usevalue=True)
     train_steps = traits.Int(0, usevalue=True)
     train_config = traits.Str('', usevalue=True, desc='preset name or JSON file of overrides')
+    contrast_augmentation = traits.Int(0, usevalue=True,
+                                       desc='regression: contrast-randomized input copies')
     use_gpu = traits.Bool(False, usevalue=True)
     device = traits.Enum('auto', 'cpu', 'cuda', usevalue=True)
 
@@ -163,6 +165,7 @@ class FitModel(SimpleInterface):
             train_config=self.inputs.train_config,
             init_from=self.inputs.init_from or None,
             device=self.inputs.device,
+            contrast_augmentation=self.inputs.contrast_augmentation,
         )
         self._results['model_dir'] = str(model_dir)
         return runtime

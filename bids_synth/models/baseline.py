@@ -163,6 +163,8 @@ class RegressionImputer:
         parcel_mm: float = 12.0,
         ridge: float = 3.0,
         template: dict | None = None,
+        augment=None,
+        augment_copies: int = 0,
     ) -> RegressionImputer:
         """Fit on every session, using the modalities and clinical values each one has.
 
@@ -170,6 +172,13 @@ class RegressionImputer:
         features is averaged over the sessions that have both, so incomplete sessions count
         too and no imputation of the training data is needed. A modality needs at least two
         sessions.
+
+        ``augment`` (a function ``(images, copy_index) -> images``, e.g. random contrasts of
+        the sMRI/PET inputs) adds ``augment_copies`` copies of each session whose *features*
+        are the augmented images and whose *targets* stay the session's own: the moments then
+        describe predicting the standard images from inputs of any contrast, and the
+        coefficients lean on what survives a change of scanner (SynthSR's lesson for a linear
+        model).
         """
         schema = {k: v for k, v in clinical_schema.items() if v.get('type') != 'text'}
         counts = {m: sum(m in s.images for s in sessions) for m in modalities}
@@ -202,20 +211,25 @@ class RegressionImputer:
         zy = np.zeros((n_par, dim, n_img))
         pair_n = np.zeros((dim, dim))
         pair_ny = np.zeros((dim, n_img))
-        for s_idx, sess in enumerate(sessions):
-            has = np.array([mod in sess.images for mod, _ in index])
+        def deviations(images, has):
             dev = np.zeros((n_img, mu.shape[1]))
             for j, (mod, ch) in enumerate(index):
                 if has[j]:
-                    dev[j] = sess.images[mod][ch][mask] - mu[j]
-            dev = dev.T[order]  # (V, C), voxels grouped by parcel
+                    dev[j] = images[mod][ch][mask] - mu[j]
+            return dev.T[order]  # (V, C), voxels grouped by parcel
+
+        copies = int(augment_copies) if augment is not None else 0
+        for s_idx, sess in enumerate(sessions):
+            has = np.array([mod in sess.images for mod, _ in index])
+            dev = deviations(sess.images, has)
             clin, present = clin_all[s_idx]
-            clin = np.where(present, clin - clin_mean, 0.0)
-            z = np.concatenate([dev, np.repeat(clin, dev.shape[0], 0)], 1)  # (V, D)
-            _accumulate(zz, zy, z, dev, starts)
+            clin = np.repeat(np.where(present, clin - clin_mean, 0.0), dev.shape[0], 0)
             pres = np.concatenate([has, present[0]]).astype(float)
-            pair_n += np.outer(pres, pres)
-            pair_ny += np.outer(pres, has)
+            for k in range(1 + copies):
+                feats = dev if k == 0 else deviations(augment(sess.images, k), has)
+                _accumulate(zz, zy, np.concatenate([feats, clin], 1), dev, starts)
+                pair_n += np.outer(pres, pres)
+                pair_ny += np.outer(pres, has)
         nvox = np.bincount(lab, minlength=n_par).astype(float)
         zz /= nvox[:, None, None] * np.maximum(pair_n, 1)[None]
         zy /= nvox[:, None, None] * np.maximum(pair_ny, 1)[None]
@@ -227,6 +241,7 @@ class RegressionImputer:
             'sessions_per_modality': {m: counts[m] for m in modalities},
             'parcel_mm': parcel_mm,
             'n_parcels': n_par,
+            'augment_copies': copies,
             'fitted': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds'),
             'template': template or {},
         }
@@ -305,6 +320,7 @@ class RegressionImputer:
                 'parcel_mm': self.info['parcel_mm'],
                 'n_parcels': self.info['n_parcels'],
                 'ridge': self.lam,
+                'contrast_augmentation': self.info.get('augment_copies', 0),
             },
             'training_data': {k: self.info[k] for k in ('n_sessions', 'n_subjects')
                               if k in self.info},

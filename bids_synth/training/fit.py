@@ -66,8 +66,13 @@ def recipe(train_config='', train_steps=0):
 
 
 def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, seed=0,
-              train_steps=0, train_config='', init_from=None, device='auto') -> Path:
-    """Fit ``method`` on ``sessions`` and save it to ``out_dir``; return the model folder."""
+              train_steps=0, train_config='', init_from=None, device='auto',
+              contrast_augmentation=0) -> Path:
+    """Fit ``method`` on ``sessions`` and save it to ``out_dir``; return the model folder.
+
+    ``contrast_augmentation`` (regression): contrast-randomized copies of each session's
+    sMRI/PET inputs in the ridge's moments (:func:`.ridge.contrast_augmenter`).
+    """
     from ..preprocessing.templates import load_template
 
     template = load_template(res)
@@ -77,7 +82,7 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
     modalities = [m for m in modalities if any(m in s.images for s in sessions)]
     if method == 'regression':
         from ..models.baseline import RegressionImputer
-        from .ridge import fit_ridge
+        from .ridge import contrast_augmenter, fit_ridge
         from .validation import validate_imputer
 
         complete = [s for s in sessions if any(m in s.images for m in modalities)]
@@ -90,13 +95,16 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
             # penalty chosen on an inner split of the training subjects; the validation
             # subjects only score the result
             model = fit_ridge([s for s in complete if s.subject in train_sub], seed=seed,
-                              **kwargs)
+                              augment_copies=contrast_augmentation, **kwargs)
             held_out = [s for s in complete if s.subject in val_sub]
             validation = validate_imputer(model, held_out, mask, model.modalities)
             validation.update(ridge=model.lam, ridge_selection=model.info['ridge_selection'],
                               split={'train_subjects': train_sub,
                                      'validation_subjects': val_sub})
             kwargs['ridge'] = model.lam
+        if contrast_augmentation:
+            kwargs.update(augment=contrast_augmenter(mask, seed),
+                          augment_copies=contrast_augmentation)
         model = RegressionImputer.fit(complete, **kwargs)
         model.info['validation'] = validation
         path = model.save(out_dir)
@@ -104,6 +112,9 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
         return path
     from .diffusion import train_diffusion
 
+    if contrast_augmentation:
+        LOGGER.warning('--contrast-augmentation applies to the regression; the diffusion recipe '
+                    'randomizes its network inputs itself (augment_prob in --train-config)')
     config = recipe(train_config, train_steps)
     path = Path(train_diffusion(
         sessions, mask=mask, clinical_schema=clinical_schema, out_dir=out_dir,

@@ -23,7 +23,7 @@ from ..models.imputer import SessionArrays
 from .splits import split_subjects
 from .validation import validate_imputer
 
-__all__ = ['RIDGE_GRID', 'fit_ridge', 'select_ridge', 'cross_fit']
+__all__ = ['contrast_augmenter', 'RIDGE_GRID', 'fit_ridge', 'select_ridge', 'cross_fit']
 
 LOG = logging.getLogger('bids_synth.training.ridge')
 
@@ -49,16 +49,29 @@ def select_ridge(model: RegressionImputer, held_out: Sequence[SessionArrays], ma
     return best, curve
 
 
+def contrast_augmenter(mask: np.ndarray, seed: int):
+    """``augment`` of :meth:`RegressionImputer.fit`: each call gives another scanner's random
+    contrasts to the sMRI/PET images (:func:`.augment.augment_inputs`), reproducibly for a
+    given ``seed`` and call order."""
+    from .augment import augment_inputs
+
+    rng = np.random.default_rng([seed, 5381])
+    return lambda images, copy: augment_inputs(images, mask, rng, 1.0)
+
+
 def fit_ridge(sessions: Sequence[SessionArrays], *, mask: np.ndarray, affine: np.ndarray,
               clinical_schema: dict, modalities: Sequence[str], template: dict | None = None,
-              seed: int = 0) -> RegressionImputer:
+              seed: int = 0, augment_copies: int = 0) -> RegressionImputer:
     """Fit on ``sessions`` with the penalty chosen on an inner subject split of them.
 
     ``info['ridge_selection']`` records the inner split and the PSNR curve. With fewer than
-    four subjects the default penalty is kept.
+    four subjects the default penalty is kept. ``augment_copies``: contrast-randomized copies
+    of each session's inputs (:func:`contrast_augmenter`, ``--contrast-augmentation``).
     """
     kwargs = {'mask': mask, 'affine': affine, 'clinical_schema': clinical_schema,
               'modalities': modalities, 'template': template}
+    if augment_copies:
+        kwargs.update(augment=contrast_augmenter(mask, seed), augment_copies=augment_copies)
     subjects = sorted({s.subject for s in sessions})
     selection: dict = {'penalty': None}
     lam = None

@@ -363,7 +363,7 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
                   init_from=None) -> pe.Workflow:
     """Group level: conform every usable input of every session, then fit one model."""
     wf = pe.Workflow(name='bids_synth_group_wf', base_dir=config.execution.work_dir)
-    files, mods, keys, clinical_by_key = [], [], [], {}
+    mods, keys, clinical_by_key = [], [], {}
     conform = []
     for inv in inventories:
         key = session_key(inv)
@@ -398,6 +398,7 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             out_dir=str(model_dir), init_from=str(init_from or ''), res=res,
             seed=config.seeds.master, train_steps=config.workflow.train_steps,
             train_config=config.workflow.train_config,
+            contrast_augmentation=config.workflow.contrast_augmentation,
             use_gpu=method == 'diffusion' and resolve_device(config.workflow.device) == 'cuda',
             device=config.workflow.device,
         ),
