@@ -297,7 +297,7 @@ def init_session_synth_wf(
             ),
             name=f'synth_{target}', mem_gb=2,
         )
-        native = pe.Node(ToNative(res=res), name=f'native_{target}')
+        native = pe.Node(ToNative(res=res, modality=target), name=f'native_{target}')
         native_std = pe.Node(ToNative(res=res), name=f'native_std_{target}')
         ds = pe.Node(
             SynthDerivatives(
