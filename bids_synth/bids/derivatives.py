@@ -15,14 +15,18 @@ kept as a test in ``tests/test_derivatives.py``):
 - bold: the NIfTI header's time unit and ``pixdim[4]`` must equal ``RepetitionTime`` (the
   sidecar's ``TaskName``/``RepetitionTime`` are not required for a derivative but we keep them);
 - pet: the sidecar fields raw PET requires are not required for a derivative;
-- dwi: a derivative ``desc-synth_dwi.nii.gz`` passes (a NIFTI_UNIT warning when the header
-  has no time unit), but a ``desc-synth_dwi.bval``/``.bvec`` beside it is an error
-  (ALL_FILENAME_RULES_HAVE_ISSUES), and BEP016 maps (``model-*_param-*_dwimap``) are
+- dwi: a derivative ``desc-synth_dwi.nii.gz`` (the series rendered for a gradient table)
+  passes, but a ``desc-synth_dwi.bval``/``.bvec`` beside it is an error
+  (ALL_FILENAME_RULES_HAVE_ISSUES), and BEP016 maps (``model-tensor_param-*_dwimap``) are
   NOT_INCLUDED. Two forms pass: ``.bidsignore`` (our choice, :func:`write_bidsignore`; readers
   find the gradients beside the image, as QSIPrep writes them), or inherited
-  ``sub-01_dwi.bval`` files without ``desc-`` (rejected: a raw-looking name, and ambiguous when
-  native and template-space dwi need different b-vectors).
-- derived bold maps (BEP012 ``stat-alff_..._boldmap``) are NOT_INCLUDED: ``.bidsignore`` too.
+  ``sub-01_dwi.bval`` files without ``desc-`` (rejected: a raw-looking name that a reader
+  would take for an acquisition's table).
+- derived bold maps (BEP012 ``stat-{mean,alff,falff,reho}_..._boldmap``) are NOT_INCLUDED:
+  ``.bidsignore`` too. No ``_bold`` file is written: the model has no time series to give
+  (a 4D ``_bold`` of segment means would need a made-up RepetitionTime).
+- ``tests/test_derivatives.py`` checks that ``.bidsignore`` hides only these BEP files (and the
+  reports, logs and models), never a synthesized image the schema names.
 """
 
 from __future__ import annotations
@@ -64,13 +68,10 @@ BIDSIGNORE_LINES = (
     '# (Diffusion derivatives, https://bids.neuroimaging.io/bep016) until it is merged.',
     '*_desc-synth_dwi.bval',
     '*_desc-synth_dwi.bvec',
-    '*_desc-synthstd_dwi.bval',
-    '*_desc-synthstd_dwi.bvec',
     '*_dwimap.nii.gz',
     '*_dwimap.json',
-    '*_model-*_param-*',
-    '# Derived bold maps (ALFF, fALFF...) follow BEP012 (Functional preprocessing derivatives,',
-    '# https://bids.neuroimaging.io/bep012), not in the schema yet.',
+    '# Derived bold maps (segment means, ALFF, fALFF, ReHo) follow BEP012 (Functional',
+    '# preprocessing derivatives, https://bids.neuroimaging.io/bep012), not in the schema yet.',
     '*_boldmap.nii.gz',
     '*_boldmap.json',
 )
