@@ -267,6 +267,43 @@ def _hidden(out: Path) -> set[str]:
     return hidden
 
 
+@pytest.mark.parametrize('target', ['T2w', 'bold', 'dwi'])
+def test_main_output_is_synth_path(raw, tmp_path, target):
+    """The record's main files are where ``synth_path`` says; bold has no _bold file; the
+    dwi sidecar records its gradient table and the maps say what they hold."""
+    from bids_synth.bids.derivatives import synth_path
+
+    out = tmp_path / 'out'
+    rec = _synth(raw, out, target, tmp_path)
+    for kind, desc in (('template', 'synth'), ('native', 'synth'), ('template_std', 'synthstd'),
+                       ('native_std', 'synthstd')):
+        space = SPACE if kind.startswith('template') else None
+        path = synth_path(out, subject='01', session='1', modality=target, space=space,
+                          res=2 if space else None, desc=desc)
+        assert rec['files'][kind] == path.relative_to(out).as_posix()
+    assert not list(out.rglob('*_bold.nii.gz'))
+    if target == 'bold':
+        side = json.loads((out / rec['files']['native']).with_suffix('').with_suffix('.json')
+                          .read_text())
+        assert side['VolumeContents'][0] == 'mean of time segment 1 of 4'
+        assert 'RepetitionTime' not in side and 'Not a time series' in side['Description']
+        assert {'native_alff', 'native_falff', 'native_reho'} <= set(rec['files'])
+    if target == 'dwi':
+        series = out / rec['files']['native']
+        side = json.loads(series.with_suffix('').with_suffix('.json').read_text())
+        scheme = side['bids_synth']['gradient_scheme']
+        assert scheme['Source'] == 'standard' and scheme['Volumes'] == 32
+        assert nib.load(series).shape[-1] == 32
+        bvals = np.loadtxt(out / rec['files']['native_bval'])
+        assert bvals.shape == (32,) and (bvals == 0).sum() == 2
+        tens = json.loads((out / rec['files']['template_tensor']).with_suffix('').with_suffix(
+            '.json').read_text())
+        assert tens['TensorElements'] == ['Dxx', 'Dxy', 'Dxz', 'Dyy', 'Dyz', 'Dzz']
+        assert tens['Units'] == 'mm^2/s'
+        fa = nib.load(out / rec['files']['template_fa']).get_fdata()
+        assert np.allclose(fa[fa > 0], 0.799, atol=1e-3)  # the prolate tensor of _representation
+
+
 def test_bidsignore_hides_only_bep_files(raw, tmp_path):
     """Only the BEP016/BEP012 files (and non-BIDS reports/logs) are hidden: every
     synthesized image the schema names is seen by the validator."""

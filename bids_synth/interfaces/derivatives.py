@@ -261,14 +261,10 @@ def write_synth_outputs(
                     ' On this native grid the image was refined with the detail of the acquired '
                     f'{guides} (guided filter; see bids_synth.native_refinement); intensities '
                     'stay in model units.')
-        path = derivative_path(out, subject=subject, session=session, modality=target,
-                               space=space, res=res if space else None, desc=desc)
-        stem = path.name[:-len(f'_{mod.suffix}.nii.gz')]
         for piece in pieces:
-            name = stem
-            if piece.entities:
-                name = stem.replace(f'_desc-{desc}', f'_{piece.entities}_desc-{desc}')
-            ppath = path.with_name(f'{name}_{piece.suffix}.nii.gz')
+            ppath = derivative_path(out, subject=subject, session=session, modality=target,
+                                    space=space, res=res if space else None, desc=desc,
+                                    entities=piece.entities, suffix=piece.suffix)
             pside = dict(side)
             if piece.description and desc == 'synth':
                 what = piece.description[0].upper() + piece.description[1:]
