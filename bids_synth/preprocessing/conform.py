@@ -44,6 +44,7 @@ __all__ = [
     'save_conformed',
     'load_conformed',
     'reorient_tensors',
+    'has_tensors',
 ]
 
 LOGGER = logging.getLogger('bids_synth.preprocessing.conform')
@@ -410,6 +411,13 @@ def apply_to_template(img: nib.Nifti1Image, template, transform: Transform, *,
     return np.stack(out)
 
 
+def has_tensors(modality: str) -> bool:
+    """Whether a modality's representation has tensor channels (dwi)."""
+    from ..bids.modalities import TENSOR_CHANNELS
+
+    return set(TENSOR_CHANNELS) <= set(MODALITIES[modality].channels)
+
+
 def reorient_tensors(array: np.ndarray, modality: str, rotation: np.ndarray) -> np.ndarray:
     """Rotate the tensor channels of a representation (C, ...) by ``rotation``: ``R L R^T``
     for each voxel's log-tensor (:data:`~bids_synth.bids.modalities.TENSOR_CHANNELS`);
@@ -418,7 +426,7 @@ def reorient_tensors(array: np.ndarray, modality: str, rotation: np.ndarray) -> 
     from .tensor import rotate
 
     names = MODALITIES[modality].channels
-    if not set(TENSOR_CHANNELS) <= set(names):
+    if not has_tensors(modality):
         return array
     idx = [names.index(c) for c in TENSOR_CHANNELS]
     out = np.array(array, dtype=np.float32, copy=True)
@@ -484,7 +492,8 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
         except DataError as exc:  # name the raw file, not the work copy
             raise type(exc)(str(exc).replace(ref_path, str(in_file))) from exc
     array = apply_to_template(channels, template, transform)
-    array = reorient_tensors(array, modality, transform.rotation())  # finite strain
+    if has_tensors(modality):  # into template axes: the registration's finite-strain rotation
+        array = reorient_tensors(array, modality, transform.rotation())
     try:
         array = normalize(array, modality, template)
     except DataError as exc:
@@ -529,7 +538,7 @@ def to_native(array: np.ndarray, template, transform: Transform,
         array = array[None]
     if array.shape[1:] != tuple(template.shape):
         raise ValueError(f'array of shape {array.shape} is not on the {template.shape} grid')
-    if modality is not None:
+    if modality is not None and has_tensors(modality):
         array = reorient_tensors(array, modality, transform.rotation().T)
     native = ants.image_read(ref_path)
     fixed = ants.image_read(transform.fixed)
