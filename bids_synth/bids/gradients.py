@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +110,20 @@ def _pair(path: Path) -> tuple[Path, Path]:
 
 def _parse(bval: Path, bvec: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and check a pair; UsageError naming the file on any problem."""
-    try:
-        bvals = np.loadtxt(bval, dtype=float, ndmin=1).ravel()
-    except (OSError, ValueError) as exc:
-        raise UsageError(f'{bval}: not a .bval file (one row of numbers): {exc}') from None
-    try:
-        vecs = np.loadtxt(bvec, dtype=float, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f'{bvec}: not a .bvec file (three rows of numbers): {exc}') from None
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # numpy warns on an empty file
+        try:
+            bvals = np.loadtxt(bval, dtype=float, ndmin=1).ravel()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f'{bval}: not a .bval file (one row of numbers): {exc}') from None
+        try:
+            vecs = np.loadtxt(bvec, dtype=float, ndmin=2)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f'{bvec}: not a .bvec file (three rows of numbers): {exc}'
+                             ) from None
     n = bvals.size
+    if n == 0:
+        raise UsageError(f'{bval}: empty .bval file')
     if vecs.shape == (3, n):
         vecs = vecs.T
     elif vecs.shape != (n, 3):
