@@ -266,8 +266,6 @@ def test_dwi_only_session_gets_bold_maps(cross_run):
 
 
 def test_bad_dwi_scheme_is_one_line(cross_run, tmp_path, capsys):
-    from bids_synth.phantom.session import relpath  # noqa: F401 - the cohort's layout
-
     bids = cross_run['out'].parent / 'bids'
     (tmp_path / 'bad.bval').write_text('0 1000 1000\n')
     (tmp_path / 'bad.bvec').write_text('0 1\n0 0\n0 0\n')

@@ -138,8 +138,9 @@ def derivative_path(
     'sub-01_task-rest_desc-synthstd_bold.nii.gz'
     >>> derivative_path('/out', subject='01', session=None, modality='dwi', extension='.bval').name
     'sub-01_desc-synth_dwi.bval'
-    >>> derivative_path('/out', subject='01', session=None, modality='bold', space='MNI152NLin2009aSym',
-    ...                 res=4, entities='stat-reho', suffix='boldmap').name
+    >>> derivative_path('/out', subject='01', session=None, modality='bold',
+    ...                 space='MNI152NLin2009aSym', res=4, entities='stat-reho',
+    ...                 suffix='boldmap').name
     'sub-01_task-rest_space-MNI152NLin2009aSym_res-4_stat-reho_desc-synth_boldmap.nii.gz'
     """
     if not desc:
