@@ -204,8 +204,10 @@ def write_synth_outputs(
         'Description': (
             f'{target} synthesized by bids_synth ({provenance.get("method")}) from '
             f'{inputs_txt}; {_estimate(provenance.get("method"), n_samples)}. Not acquired: '
-            'an imputation. '
-            f'Intensities are in the model representation: {mod.description}.'
+            'an imputation.'
+            # multi-channel modalities: each file's own text says what it holds, and in what
+            + (f' Intensities are in the model representation: {mod.description}.'
+               if mod.n_channels == 1 else '')
         ),
         'Sources': sources,
         'SkullStripped': True,
@@ -267,10 +269,10 @@ def write_synth_outputs(
                                     entities=piece.entities, suffix=piece.suffix)
             pside = dict(side)
             if piece.description and desc == 'synth':
-                what = piece.description[0].upper() + piece.description[1:]
-                pside['Description'] = f'{what}. {side["Description"]}'
+                what = piece.description.rstrip('.')
+                pside['Description'] = f'{what[0].upper()}{what[1:]}. {side["Description"]}'
             elif piece.description:
-                pside['Description'] += f' This file: {piece.description}.'
+                pside['Description'] += f' This file: {piece.description.rstrip(".")}.'
             pside.update(piece.sidecar)
             if piece.suffix == 'dwi':  # where the gradient table came from
                 pside['bids_synth'] = dict(pside['bids_synth'],

@@ -167,7 +167,7 @@ def _dwi(data, affine, scheme, desc: str) -> list[OutputImage]:
     series = render_dwi(s0, tensor, affine, scheme.bvals, scheme.bvecs, mask)
     out = [OutputImage(
         'main', _img(series, affine, time=True, dtype=np.int16), '', 'dwi',
-        f'dwi series rendered from the synthesized S0 (b0 channel, model units: divided by its '
+        f'a dwi series rendered from the synthesized S0 (b0 channel, model units: divided by its '
         f'99th percentile in the brain) and diffusion tensor, S = S0 exp(-b g^T D g), for the '
         f'{len(scheme.bvals)}-volume gradient table beside it ({scheme.source}: '
         f'{scheme.origin}); b-vectors in FSL convention for this image. Noise-free: a tensor '
