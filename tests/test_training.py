@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bids_synth.bids.modalities import MODALITIES
 from bids_synth.errors import DataError, ModelError
 from bids_synth.models.conditioning import clinical_batch
 from bids_synth.models.config import ModelSpec
@@ -30,7 +31,8 @@ def cohort():
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(modalities=MODS, channels=(1, 1, 6), res=8, shape=(24, 28, 24),
+    return ModelSpec(modalities=MODS, channels=tuple(MODALITIES[m].n_channels for m in MODS),
+                     res=8, shape=(24, 28, 24),
                      **PRESETS['tiny'].model)
 
 
