@@ -56,7 +56,8 @@ def test_mean_and_flow_losses_go_down(cohort, tmp_path):
     assert model.ridge.info['n_subjects'] == len({s.subject for s in sessions})
     assert 'refit' in model.ridge.info and 'ridge_selection' in model.ridge.info
     assert set(card['validation']) >= {'per_target', 'per_pattern', 'ridge'}
-    assert len(card['architecture']['residual_scale']) == 8 * 8
+    assert len(card['architecture']['residual_scale']) == 8 * sum(  # channels x 8 subbands
+        MODALITIES[m].n_channels for m in MODS)
     assert not (out / '.train_state' / 'state.safetensors').exists()
 
 
