@@ -102,6 +102,11 @@ class Workflow:
     skull_strip: str = 'auto'
     """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
     (``force``) or never (``skip``)."""
+    dwi_scheme: str = ''
+    """``--dwi-scheme``: the .bval/.bvec pair synthesized dwi series are rendered for (empty:
+    the dataset's most common table, else the standard one; ``bids.gradients``)."""
+    dwi_gradients: dict = dc.field(default_factory=dict)
+    """The resolved table (``GradientScheme.to_dict``), set by the participant level."""
     native_refine: bool = True
     """Native-space sMRI outputs: guided refinement with the acquired sMRI reference's detail
     (``--no-native-refine`` turns it off)."""

@@ -148,14 +148,15 @@ def test_imputed_cells_marked_and_input_untouched(imputed_run, digest):
 def test_synthesis_used_the_imputed_values(imputed_run):
     """The written image is the model's prediction with the imputed values, and differs from
     the prediction without them (the imputed value changes the image)."""
-    from bids_synth.bids.derivatives import derivative_path
+    from bids_synth.bids.derivatives import synth_path
     from bids_synth.models.baseline import RegressionImputer
     from bids_synth.models.imputer import SessionArrays
     from bids_synth.preprocessing.conform import load_conformed
 
     out, target = imputed_run['out'], imputed_run['target']
-    path = derivative_path(out, subject='002', session=None, modality=target,
-                           space='MNI152NLin2009aSym', res=4)
+    # main file: its first volume is channel 0 (bold: seg1; dwi: the b=0 volume, S0 = b0)
+    path = synth_path(out, subject='002', session=None, modality=target,
+                      space='MNI152NLin2009aSym', res=4)
     side = json.loads(path.with_name(path.name.replace('.nii.gz', '.json')).read_text())
     prov = side['bids_synth']
     assert set(prov['clinical_imputed']) == {'mmse', 'diagnosis'}

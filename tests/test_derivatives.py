@@ -209,32 +209,126 @@ def _write(raw, out, modality, shape, *, desc='synth', space=None, tr=None, extr
     return path
 
 
-def _tree(raw, out):
+def _representation(target, shape=(6, 6, 6)):
+    """A synthesized representation as the model writes it: channels last, model units."""
+    mod = MODALITIES[target]
+    data = RNG.random(shape + (mod.n_channels,)).astype('float32') + 0.1
+    if target == 'dwi':  # a plausible log-tensor (prolate, ~0.3-1.7e-3 mm^2/s)
+        data[..., mod.channels.index('logdxx')] = np.log(1.7)
+        data[..., mod.channels.index('logdyy')] = np.log(0.3)
+        data[..., mod.channels.index('logdzz')] = np.log(0.3)
+        for c in ('logdxy', 'logdxz', 'logdyz'):
+            data[..., mod.channels.index(c)] = 0.0
+    return nib.Nifti1Image(data[..., 0] if mod.n_channels == 1 else data,
+                           np.diag([2, 2, 2, 1.0]))
+
+
+def _synth(raw, out, target, tmp_path, *, std=True):
+    """Write one target through the derivatives sink (both spaces, std when asked)."""
+    from bids_synth.interfaces.derivatives import write_synth_outputs
+
+    ref = raw / 'sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz'
+    files = {}
+    for kind in ('template', 'native') + (('template_std', 'native_std') if std else ()):
+        files[kind] = str(tmp_path / f'{target}_{kind}.nii.gz')
+        nib.save(_representation(target), files[kind])
+    prov = {'method': 'regression', 'inputs_used': ['T1w'], 'num_samples': 4}
+    return write_synth_outputs(output_dir=out, bids_dir=raw, subject='01', session='1',
+                               target=target, res=2, images=files, provenance=prov,
+                               source_files=[str(ref)], reference_file=str(ref))
+
+
+def _tree(raw, out, tmp_path=None):
+    """Every kind of file the participant level writes, through the real sink."""
+    tmp_path = tmp_path or out.parent
     write_dataset_description(out, raw, version='0.1.0')
-    _write(raw, out, 'T2w', (6, 6, 6))
-    _write(raw, out, 'T2w', (6, 6, 6), desc='synthstd')
-    _write(raw, out, 'T2w', (6, 6, 6), space=SPACE)
-    _write(raw, out, 'FLAIR', (6, 6, 6), space=SPACE, desc='synthstd')
-    _write(raw, out, 'FDG', (6, 6, 6))
-    _write(raw, out, 'bold', (6, 6, 6, 4), tr=2.0,
-           extra={'TaskName': 'rest', 'RepetitionTime': 2.0})
-    dwi = _write(raw, out, 'dwi', (6, 6, 6, 5))
-    write_text_atomic('0 1000 1000 1000 1000\n', dwi.with_name(dwi.name[:-7] + '.bval'))
-    write_text_atomic('0 1 0 0 1\n0 0 1 0 0\n0 0 0 1 0\n', dwi.with_name(dwi.name[:-7] + '.bvec'))
-    # derived maps as the derivatives sink writes them (BEP016 / BEP012 names)
-    fa = dwi.with_name('sub-01_ses-1_model-tensor_param-fa_desc-synth_dwimap.nii.gz')
-    alff = (dwi.parent.parent / 'func'
-            / 'sub-01_ses-1_task-rest_stat-alff_desc-synth_boldmap.nii.gz')
-    for path in (fa, alff):
-        write_nifti_atomic(_image((6, 6, 6)), path)
-        write_json_atomic({'Description': 'map', 'SkullStripped': True},
-                          path.with_name(path.name.replace('.nii.gz', '.json')))
+    for target in ('T2w', 'FDG', 'bold', 'dwi'):
+        _synth(raw, out, target, tmp_path)
+    _synth(raw, out, 'FLAIR', tmp_path, std=False)
     return out
+
+
+def _hidden(out: Path) -> set[str]:
+    """Files of ``out`` that its .bidsignore hides (bids-validator-deno's glob semantics for
+    the pattern forms bids_synth writes: ``*name`` globs, bare folder names, ``**/folder``)."""
+    from fnmatch import fnmatch
+
+    pats = [ln for ln in (out / '.bidsignore').read_text().splitlines()
+            if ln and not ln.startswith('#')]
+    hidden = set()
+    for path in out.rglob('*'):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(out)
+        for pat in pats:
+            folder = pat[3:] if pat.startswith('**/') else pat
+            if fnmatch(rel.name, pat) or folder in rel.parts[:-1]:
+                hidden.add(rel.as_posix())
+    return hidden
+
+
+@pytest.mark.parametrize('target', ['T2w', 'bold', 'dwi'])
+def test_main_output_is_synth_path(raw, tmp_path, target):
+    """The record's main files are where ``synth_path`` says; bold has no _bold file; the
+    dwi sidecar records its gradient table and the maps say what they hold."""
+    from bids_synth.bids.derivatives import synth_path
+
+    out = tmp_path / 'out'
+    rec = _synth(raw, out, target, tmp_path)
+    for kind, desc in (('template', 'synth'), ('native', 'synth'), ('template_std', 'synthstd'),
+                       ('native_std', 'synthstd')):
+        space = SPACE if kind.startswith('template') else None
+        path = synth_path(out, subject='01', session='1', modality=target, space=space,
+                          res=2 if space else None, desc=desc)
+        assert rec['files'][kind] == path.relative_to(out).as_posix()
+    assert not list(out.rglob('*_bold.nii.gz'))
+    if target == 'bold':
+        side = json.loads((out / rec['files']['native']).with_suffix('').with_suffix('.json')
+                          .read_text())
+        assert side['VolumeContents'][0] == 'mean of time segment 1 of 4'
+        assert 'RepetitionTime' not in side and 'Not a time series' in side['Description']
+        assert {'native_alff', 'native_falff', 'native_reho'} <= set(rec['files'])
+    if target == 'dwi':
+        series = out / rec['files']['native']
+        side = json.loads(series.with_suffix('').with_suffix('.json').read_text())
+        scheme = side['bids_synth']['gradient_scheme']
+        assert scheme['Source'] == 'standard' and scheme['Volumes'] == 32
+        assert nib.load(series).shape[-1] == 32
+        bvals = np.loadtxt(out / rec['files']['native_bval'])
+        assert bvals.shape == (32,) and (bvals == 0).sum() == 2
+        tens = json.loads((out / rec['files']['template_tensor']).with_suffix('').with_suffix(
+            '.json').read_text())
+        assert tens['TensorElements'] == ['Dxx', 'Dxy', 'Dxz', 'Dyy', 'Dyz', 'Dzz']
+        assert tens['Units'] == 'mm^2/s'
+        fa = nib.load(out / rec['files']['template_fa']).get_fdata()
+        assert np.allclose(fa[fa > 0], 0.799, atol=1e-3)  # the prolate tensor of _representation
+
+
+def test_bidsignore_hides_only_bep_files(raw, tmp_path):
+    """Only the BEP016/BEP012 files (and non-BIDS reports/logs) are hidden: every
+    synthesized image the schema names is seen by the validator."""
+    out = _tree(raw, tmp_path / 'out', tmp_path)
+    write_bidsignore(out)
+    (out / 'logs').mkdir()
+    (out / 'logs' / 'crash.txt').write_text('x')
+    hidden = _hidden(out)
+    bep = {p.relative_to(out).as_posix() for p in out.rglob('*')
+           if p.name.split('.')[0].endswith(('_dwimap', '_boldmap'))
+           or p.suffix in ('.bval', '.bvec')}
+    assert hidden - {'logs/crash.txt'} == bep
+    assert any(p.endswith('_desc-synth_dwi.bval') for p in bep)
+    assert any('stat-reho' in p for p in bep) and any('param-tensor' in p for p in bep)
+    seen = {p.relative_to(out).as_posix() for p in out.rglob('*.nii.gz')} - hidden
+    assert {Path(p).name.split('_desc-')[1] for p in seen} == {
+        'synth_T2w.nii.gz', 'synthstd_T2w.nii.gz', 'synth_FLAIR.nii.gz', 'synth_pet.nii.gz',
+        'synthstd_pet.nii.gz', 'synth_dwi.nii.gz'}
+    text = (out / '.bidsignore').read_text()
+    assert 'BEP016' in text and 'BEP012' in text
 
 
 @needs_validator
 def test_derivative_tree_passes_validator(raw, tmp_path):
-    out = _tree(raw, tmp_path / 'out')
+    out = _tree(raw, tmp_path / 'out', tmp_path)
     before = validate_dataset(out)
     assert before.ran and not before.ok
     flagged = ' '.join(before.errors)
@@ -247,7 +341,7 @@ def test_derivative_tree_passes_validator(raw, tmp_path):
 
 @needs_validator
 def test_validator_reports_missing_required_fields(raw, tmp_path):
-    out = _tree(raw, tmp_path / 'out')
+    out = _tree(raw, tmp_path / 'out', tmp_path)
     write_bidsignore(out)
     side = derivative_path(out, subject='01', session='1', modality='T2w', space=SPACE, res=2,
                            extension='.json')

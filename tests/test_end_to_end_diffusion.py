@@ -42,7 +42,7 @@ def test_group_trains_a_diffusion_model(diffusion_run):
 
 
 def test_participant_outputs_and_provenance(phantom6, diffusion_run, digest):
-    from bids_synth.bids.derivatives import derivative_path
+    from bids_synth.bids.derivatives import synth_path
 
     assert diffusion_run['participant'] == 0
     assert digest(phantom6.bids_dir) == diffusion_run['before']
@@ -50,10 +50,10 @@ def test_participant_outputs_and_provenance(phantom6, diffusion_run, digest):
     checked = 0
     for (sub, ses), missing in phantom6.missing.items():
         for mod in missing:
-            path = derivative_path(out, subject=sub, session=ses, modality=mod)
-            std = derivative_path(out, subject=sub, session=ses, modality=mod, desc='synthstd')
-            sample = derivative_path(out, subject=sub, session=ses, modality=mod,
-                                     space='MNI152NLin2009aSym', res=4, desc='synthsample2')
+            path = synth_path(out, subject=sub, session=ses, modality=mod)
+            std = synth_path(out, subject=sub, session=ses, modality=mod, desc='synthstd')
+            sample = synth_path(out, subject=sub, session=ses, modality=mod,
+                                space='MNI152NLin2009aSym', res=4, desc='synthsample2')
             assert path.is_file() and std.is_file(), (sub, mod)
             assert sample.is_file() == (mod != 'dwi'), (sub, mod)  # no dwi samples
             prov = _sidecar(path)['bids_synth']

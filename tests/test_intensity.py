@@ -11,6 +11,7 @@ from bids_synth.errors import DataError
 from bids_synth.preprocessing.derived import (
     bold_maps,
     dwi_maps,
+    reho,
     pet_static,
     representation_native,
 )
@@ -74,6 +75,32 @@ def test_bold_alff_finds_planted_oscillation():
     assert maps[..., 3].mean() > maps[..., 0].mean()  # segments in time order
 
 
+def test_reho_known_cases():
+    """Kendall's W: 1 where all 27 neighbours share one series, about 1/K for independent
+    noise (its expectation for K raters is 1/K plus a small-sample term), and the formula
+    matches a direct computation on one neighbourhood."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    n = 60
+    data = rng.normal(size=(9, 9, 9, n)).astype(np.float32)
+    shared = rng.normal(size=n)
+    data[0:5, 0:5, 0:5] = shared + 0.001 * rng.normal(size=(5, 5, 5, n))  # monotone copies
+    w = reho(data)
+    assert w.shape == (9, 9, 9) and w.dtype == np.float32
+    assert w[2, 2, 2] == pytest.approx(1.0, abs=1e-3)
+    assert 0.02 < np.median(w[6:8, 6:8, 6:8]) < 0.08  # independent noise: about 1 / 27
+    ranks = rankdata(data[5:8, 5:8, 5:8].reshape(27, n), axis=1)
+    r = ranks.sum(0)
+    direct = 12 * ((r - 27 * (n + 1) / 2) ** 2).sum() / (27 ** 2 * (n ** 3 - n))
+    assert w[6, 6, 6] == pytest.approx(direct, rel=1e-5)
+    mask = np.ones((9, 9, 9), bool)
+    mask[0] = False
+    assert not reho(data, mask)[0].any()  # outside the mask: 0
+    maps = bold_maps(nib.Nifti1Image(data, AFF), 2.0).get_fdata()
+    assert np.allclose(maps[..., MODALITIES['bold'].channels.index('reho')], w)
+
+
 def test_bold_rejects_short_runs():
     with pytest.raises(DataError, match='at least'):
         bold_maps(nib.Nifti1Image(np.zeros((2, 2, 2, 5), np.float32), AFF), 2.0)
@@ -117,7 +144,7 @@ def test_representation_native_dwi(tmp_path):
     np.savetxt(tmp_path / 'sub-01_dwi.bval', bvals[None], fmt='%g')
     np.savetxt(tmp_path / 'sub-01_dwi.bvec', bvecs.T, fmt='%.6f')
     maps, ref = representation_native(tmp_path / 'sub-01_dwi.nii.gz', 'dwi', {})
-    assert maps.shape == (10, 10, 10, 7) and ref.shape == (10, 10, 10)
+    assert maps.shape == (10, 10, 10, 13) and ref.shape == (10, 10, 10)
     assert np.allclose(ref.get_fdata(), maps.get_fdata()[..., 0])
     (tmp_path / 'sub-01_dwi.bval').unlink()
     with pytest.raises(DataError, match='sub-01_dwi.nii.gz'):
@@ -129,7 +156,7 @@ def test_normalize_p99_is_one(tpl, modality):
     rng = np.random.default_rng(2)
     mod = MODALITIES[modality]
     arr = rng.gamma(2.0, 50.0, (mod.n_channels,) + tpl.shape).astype(np.float32)
-    keep = [i for i, n in enumerate(mod.channels) if n in ('falff', 'fa')]
+    keep = [i for i, n in enumerate(mod.channels) if n in ('falff', 'fa', 'reho')]
     arr[keep] = rng.uniform(0, 1, (len(keep),) + tpl.shape)
     out = normalize(arr, modality, tpl)
     assert out.shape == arr.shape and out.dtype == np.float32

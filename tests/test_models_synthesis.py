@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bids_synth.bids.modalities import MODALITIES
 from bids_synth.errors import ModelError
 from bids_synth.models.imputer import Imputer, SessionArrays
 from bids_synth.models.loading import load_imputer
@@ -38,7 +39,7 @@ def test_protocol_and_card(trained):
     assert isinstance(model, DiffusionImputer) and isinstance(model, Imputer)
     card = model.card()
     assert card['method'] == 'diffusion' and card['modalities'] == list(MODS)
-    assert card['channels'] == {'T1w': 1, 'FDG': 1, 'bold': 6}
+    assert card['channels'] == {'T1w': 1, 'FDG': 1, 'bold': MODALITIES['bold'].n_channels}
     assert card['template']['res'] == 8 and card['template']['shape'] == [24, 28, 24]
     assert card['clinical_schema']['sex']['levels'] == ['F', 'M']
     assert card['training']['split']['by'] == 'subject'

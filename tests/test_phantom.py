@@ -372,3 +372,36 @@ def test_cli_errors(tmp_path, capsys, args, code, text):
     assert main([str(out), '--resolution', 'low', *args]) == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and text in err and 'Traceback' not in err
+
+
+def test_tensor_ground_truth(cohort):
+    """The ground truth (only) has the noise-free tensor, FA and MD (BEP016 names, world axes);
+    FA is realistic in white matter, and the tensor bids_synth fits from the acquired noisy
+    series (``dwi_maps``) points the same way as the truth."""
+    from bids_synth.bids.modalities import MODALITIES, TENSOR_CHANNELS
+    from bids_synth.preprocessing import tensor as T
+    from bids_synth.preprocessing.derived import dwi_maps
+
+    sub, ses = next(k for k, m in cohort.missing.items() if 'dwi' not in m)
+    folder = cohort.ground_truth_dir / relpath('dwi', sub, ses, '').rsplit('/', 1)[0]
+    stem = f'sub-{sub}_ses-{ses}_model-tensor_param-'
+    tensor = nib.load(folder / f'{stem}tensor_dwimap.nii.gz').get_fdata()
+    fa = nib.load(folder / f'{stem}fa_dwimap.nii.gz').get_fdata()
+    assert tensor.shape[-1] == 6 and (folder / f'{stem}tensor_dwimap.json').is_file()
+    assert not list((cohort.bids_dir / relpath('dwi', sub, ses, '').rsplit('/', 1)[0])
+                    .glob('*dwimap*'))
+    assert np.allclose(T.scalar_maps(tensor)['fa'][fa > 0], fa[fa > 0], atol=1e-5)
+    assert 0.45 < np.percentile(fa[fa > 0], 99) < 0.9  # white matter: FA of real brains
+    raw = cohort.bids_dir / relpath('dwi', sub, ses)
+    img = nib.load(raw)
+    maps = dwi_maps(img, np.loadtxt(str(raw).replace('.nii.gz', '.bval')),
+                    np.loadtxt(str(raw).replace('.nii.gz', '.bvec'))).get_fdata()
+    names = MODALITIES['dwi'].channels
+    fitted = T.exp_tensor(maps[..., [names.index(c) for c in TENSOR_CHANNELS]])
+    sel = fa > 0.5
+    assert sel.sum() > 20
+    v_true = np.linalg.eigh(T.to_matrix(tensor[sel]))[1][..., -1]
+    v_fit = np.linalg.eigh(T.to_matrix(fitted[sel]))[1][..., -1]
+    assert np.median(np.abs((v_true * v_fit).sum(-1))) > 0.9
+    truth = json.loads((cohort.ground_truth_dir / 'phantom_truth.json').read_text())
+    assert 'dwi_diffusivities' in truth[f'sub-{sub}_ses-{ses}']

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bids_synth.bids.modalities import MODALITIES
 from bids_synth.errors import DataError, ModelError
 from bids_synth.models.conditioning import clinical_batch
 from bids_synth.models.config import ModelSpec
@@ -30,7 +31,8 @@ def cohort():
 
 
 def _spec() -> ModelSpec:
-    return ModelSpec(modalities=MODS, channels=(1, 1, 6), res=8, shape=(24, 28, 24),
+    return ModelSpec(modalities=MODS, channels=tuple(MODALITIES[m].n_channels for m in MODS),
+                     res=8, shape=(24, 28, 24),
                      **PRESETS['tiny'].model)
 
 
@@ -54,7 +56,8 @@ def test_mean_and_flow_losses_go_down(cohort, tmp_path):
     assert model.ridge.info['n_subjects'] == len({s.subject for s in sessions})
     assert 'refit' in model.ridge.info and 'ridge_selection' in model.ridge.info
     assert set(card['validation']) >= {'per_target', 'per_pattern', 'ridge'}
-    assert len(card['architecture']['residual_scale']) == 8 * 8
+    assert len(card['architecture']['residual_scale']) == 8 * sum(  # channels x 8 subbands
+        MODALITIES[m].n_channels for m in MODS)
     assert not (out / '.train_state' / 'state.safetensors').exists()
 
 

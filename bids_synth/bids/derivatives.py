@@ -15,14 +15,18 @@ kept as a test in ``tests/test_derivatives.py``):
 - bold: the NIfTI header's time unit and ``pixdim[4]`` must equal ``RepetitionTime`` (the
   sidecar's ``TaskName``/``RepetitionTime`` are not required for a derivative but we keep them);
 - pet: the sidecar fields raw PET requires are not required for a derivative;
-- dwi: a derivative ``desc-synth_dwi.nii.gz`` passes (a NIFTI_UNIT warning when the header
-  has no time unit), but a ``desc-synth_dwi.bval``/``.bvec`` beside it is an error
-  (ALL_FILENAME_RULES_HAVE_ISSUES), and BEP016 maps (``model-*_param-*_dwimap``) are
+- dwi: a derivative ``desc-synth_dwi.nii.gz`` (the series rendered for a gradient table)
+  passes, but a ``desc-synth_dwi.bval``/``.bvec`` beside it is an error
+  (ALL_FILENAME_RULES_HAVE_ISSUES), and BEP016 maps (``model-tensor_param-*_dwimap``) are
   NOT_INCLUDED. Two forms pass: ``.bidsignore`` (our choice, :func:`write_bidsignore`; readers
   find the gradients beside the image, as QSIPrep writes them), or inherited
-  ``sub-01_dwi.bval`` files without ``desc-`` (rejected: a raw-looking name, and ambiguous when
-  native and template-space dwi need different b-vectors).
-- derived bold maps (BEP012 ``stat-alff_..._boldmap``) are NOT_INCLUDED: ``.bidsignore`` too.
+  ``sub-01_dwi.bval`` files without ``desc-`` (rejected: a raw-looking name that a reader
+  would take for an acquisition's table).
+- derived bold maps (BEP012 ``stat-{mean,alff,falff,reho}_..._boldmap``) are NOT_INCLUDED:
+  ``.bidsignore`` too. No ``_bold`` file is written: the model has no time series to give
+  (a 4D ``_bold`` of segment means would need a made-up RepetitionTime).
+- ``tests/test_derivatives.py`` checks that ``.bidsignore`` hides only these BEP files (and the
+  reports, logs and models), never a synthesized image the schema names.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ __all__ = [
     'BIDS_VERSION', 'CODE_URL', 'bids_uri', 'derivative_path', 'write_dataset_description',
     'write_nifti_atomic', 'write_json_atomic', 'write_text_atomic', 'write_bidsignore',
     'check_output_dirs', 'create_output_dirs', 'remove_created', 'BIDSIGNORE_LINES',
-    'temp_path', 'remove_stale_temporaries',
+    'temp_path', 'remove_stale_temporaries', 'synth_path', 'MAIN_OUTPUT',
 ]
 
 #: BIDS version of the outputs (what schema 1.2.7 of bids-validator-deno 3.0.2 validates).
@@ -64,13 +68,10 @@ BIDSIGNORE_LINES = (
     '# (Diffusion derivatives, https://bids.neuroimaging.io/bep016) until it is merged.',
     '*_desc-synth_dwi.bval',
     '*_desc-synth_dwi.bvec',
-    '*_desc-synthstd_dwi.bval',
-    '*_desc-synthstd_dwi.bvec',
     '*_dwimap.nii.gz',
     '*_dwimap.json',
-    '*_model-*_param-*',
-    '# Derived bold maps (ALFF, fALFF...) follow BEP012 (Functional preprocessing derivatives,',
-    '# https://bids.neuroimaging.io/bep012), not in the schema yet.',
+    '# Derived bold maps (segment means, ALFF, fALFF, ReHo) follow BEP012 (Functional',
+    '# preprocessing derivatives, https://bids.neuroimaging.io/bep012), not in the schema yet.',
     '*_boldmap.nii.gz',
     '*_boldmap.json',
 )
@@ -104,6 +105,8 @@ def derivative_path(
     res: str | int | None = None,
     desc: str = 'synth',
     extension: str = '.nii.gz',
+    entities: str = '',
+    suffix: str | None = None,
 ) -> Path:
     """Path of a synthesized file in the derivatives dataset.
 
@@ -120,6 +123,9 @@ def derivative_path(
         ``'synth'`` (the image) or ``'synthstd'`` (uncertainty). Never empty.
     extension : str
         ``.nii.gz``, ``.json``, ``.bval``, ``.bvec`` ...
+    entities, suffix : str, optional
+        Entities before ``desc-`` and another suffix, for derived maps (BEP012/BEP016, e.g.
+        ``entities='stat-alff', suffix='boldmap'``).
 
     >>> derivative_path('/out', subject='01', session='1', modality='T2w').as_posix()
     '/out/sub-01/ses-1/anat/sub-01_ses-1_desc-synth_T2w.nii.gz'
@@ -132,6 +138,10 @@ def derivative_path(
     'sub-01_task-rest_desc-synthstd_bold.nii.gz'
     >>> derivative_path('/out', subject='01', session=None, modality='dwi', extension='.bval').name
     'sub-01_desc-synth_dwi.bval'
+    >>> derivative_path('/out', subject='01', session=None, modality='bold',
+    ...                 space='MNI152NLin2009aSym', res=4, entities='stat-reho',
+    ...                 suffix='boldmap').name
+    'sub-01_task-rest_space-MNI152NLin2009aSym_res-4_stat-reho_desc-synth_boldmap.nii.gz'
     """
     if not desc:
         raise ValueError('a derivative needs a desc- entity (it must never take a raw name)')
@@ -141,11 +151,38 @@ def derivative_path(
         session = session[4:]
     values = {'subject': subject, 'session': session, **mod.derivative_entities,
               'space': space, 'res': None if res is None else str(res), 'desc': desc}
-    stem = '_'.join(f'{key}-{values[name]}' for name, key in _ENTITY_KEYS
-                    if values.get(name) not in (None, ''))
+    parts = [f'{key}-{values[name]}' for name, key in _ENTITY_KEYS
+             if values.get(name) not in (None, '')]
+    if entities:
+        parts.insert(len(parts) - 1, entities)  # before desc-
     folder = Path(out_dir, f'sub-{subject}', *([f'ses-{session}'] if session else []),
                   mod.datatype)
-    return folder / f'{stem}_{mod.suffix}{extension}'
+    return folder / f'{"_".join(parts)}_{suffix or mod.suffix}{extension}'
+
+
+#: The main file of a synthesized modality where it is not ``desc-<desc>_<suffix>``:
+#: family -> {desc or '*': (entities, suffix)} (``preprocessing.outputs`` writes them).
+MAIN_OUTPUT = {
+    'fmri': {'*': ('stat-mean', 'boldmap')},  # no time series: the segment means
+    'dmri': {'synthstd': ('model-tensor_param-fa', 'dwimap')},  # std of the FA channel
+}
+
+
+def synth_path(out_dir: str | os.PathLike, *, subject: str, session: str | None,
+               modality: str, space: str | None = None, res: str | int | None = None,
+               desc: str = 'synth') -> Path:
+    """Path of the main file written for a synthesized modality (the image the record
+    names ``template``/``native``): :func:`derivative_path` with :data:`MAIN_OUTPUT`.
+
+    >>> synth_path('/out', subject='01', session=None, modality='bold').name
+    'sub-01_task-rest_stat-mean_desc-synth_boldmap.nii.gz'
+    >>> synth_path('/out', subject='01', session=None, modality='dwi').name
+    'sub-01_desc-synth_dwi.nii.gz'
+    """
+    rule = MAIN_OUTPUT.get(MODALITIES[modality].family, {})
+    entities, suffix = rule.get(desc) or rule.get('*') or ('', None)
+    return derivative_path(out_dir, subject=subject, session=session, modality=modality,
+                           space=space, res=res, desc=desc, entities=entities, suffix=suffix)
 
 
 #: Temporary files of the atomic writers: ``.<name>.<pid>.<8 hex>.tmp<ext>`` (older versions

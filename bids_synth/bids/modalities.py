@@ -6,8 +6,12 @@ names of channels, intensity convention). Nothing else hard-codes suffixes.
 
 >>> MODALITIES['FDG'].query()['tracer']
 ['FDG', '18FFDG', 'fluorodeoxyglucose']
->>> MODALITIES['dwi'].channels
+>>> MODALITIES['dwi'].channels[:7]
 ('b0', 'seg1', 'seg2', 'seg3', 'seg4', 'fa', 'md')
+>>> MODALITIES['dwi'].channels[7:]
+('logdxx', 'logdxy', 'logdxz', 'logdyy', 'logdyz', 'logdzz')
+>>> MODALITIES['bold'].channels
+('seg1', 'seg2', 'seg3', 'seg4', 'alff', 'falff', 'reho')
 >>> resolve_modalities(['t2w', 'FLAIR'])
 ('T2w', 'FLAIR')
 >>> from_bids_entities({'datatype': 'pet', 'suffix': 'pet', 'tracer': 'florbetapir'})
@@ -27,12 +31,16 @@ __all__ = [
     'resolve_modalities',
     'BOLD_SEGMENTS',
     'DWI_SEGMENTS',
+    'TENSOR_CHANNELS',
 ]
 
 #: Number of time segments a bold run is split into (PDS).
 BOLD_SEGMENTS = 4
 #: Number of gradient segments the diffusion-weighted volumes are split into (PDS).
 DWI_SEGMENTS = 4
+#: dwi channels holding the log-Euclidean diffusion tensor (``preprocessing.tensor``): the
+#: unique elements of logm(D / 1e-3 mm^2/s) in world (RAS+) axes, order xx xy xz yy yz zz.
+TENSOR_CHANNELS = tuple(f'logd{e}' for e in ('xx', 'xy', 'xz', 'yy', 'yz', 'zz'))
 
 
 class UnknownModalityError(ValueError):
@@ -123,19 +131,24 @@ MODALITIES: dict[str, Modality] = {
         Modality(
             'bold', 'fmri', 'func', 'bold',
             entities={'task': 'rest'},
-            channels=tuple(f'seg{i + 1}' for i in range(BOLD_SEGMENTS)) + ('alff', 'falff'),
+            channels=tuple(f'seg{i + 1}' for i in range(BOLD_SEGMENTS))
+            + ('alff', 'falff', 'reho'),
             description=(f'{BOLD_SEGMENTS} segment-wise temporal means of the run (PDS time '
-                         'segments), then ALFF and fALFF (0.01-0.08 Hz) of the whole run; '
-                         'each channel divided by the 99th percentile of the first inside '
-                         'the brain mask'),
+                         'segments), then ALFF and fALFF (0.01-0.08 Hz) and ReHo (Kendall\'s '
+                         'W over the 27-voxel neighbourhood) of the whole run; segment means '
+                         'and ALFF divided by the 99th percentile of the first segment inside '
+                         'the brain mask, fALFF and ReHo as they are (0-1)'),
         ),
         Modality(
             'dwi', 'dmri', 'dwi', 'dwi',
-            channels=('b0',) + tuple(f'seg{i + 1}' for i in range(DWI_SEGMENTS)) + ('fa', 'md'),
-            description=(f'mean b=0 volume, means of the diffusion-weighted volumes in '
-                         f'{DWI_SEGMENTS} gradient segments (acquisition order), then tensor '
-                         'FA and MD (MD in 10^-3 mm^2/s); images divided by the 99th percentile '
-                         'of b0 inside the brain mask'),
+            channels=('b0',) + tuple(f'seg{i + 1}' for i in range(DWI_SEGMENTS))
+            + ('fa', 'md') + TENSOR_CHANNELS,
+            description=(f'mean b=0 volume (S0), means of the diffusion-weighted volumes in '
+                         f'{DWI_SEGMENTS} gradient segments (acquisition order), tensor FA and '
+                         'MD (MD in 10^-3 mm^2/s), then the 6 unique elements (xx xy xz yy yz '
+                         'zz, world RAS+ axes) of the log-Euclidean diffusion tensor '
+                         'logm(D / 10^-3 mm^2/s); b0 and segment means divided by the 99th '
+                         'percentile of b0 inside the brain mask'),
         ),
     )
 }

@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                    'resampled, without the guided refinement that gives them the detail of the '
                    'acquired sMRI reference (default: refine when the reference is an sMRI '
                    'image finer than the model grid)')
+    g.add_argument('--dwi-scheme', type=str, metavar='FILE', default=None,
+                   help='gradient table of the synthesized dwi series: a .bval/.bvec pair, '
+                        'named by either file, their common prefix or their .nii[.gz] image '
+                        '(default: the table acquired most often in the dataset, else 2 b=0 '
+                        'and 30 directions at b=1000)')
     g.add_argument('--complete-dataset', type=Path, metavar='DIR',
                    help='also write DIR: a raw BIDS dataset, the input (hard links, else '
                    'copies) plus each synthesized T1w/T2w/FLAIR under a raw name with rec-synth, '
@@ -271,6 +276,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
                            for d in (opts.get('derivatives') or [])]
     if opts.get('complete_dataset') is None:
         opts['complete_dataset'] = ''
+    if opts.get('dwi_scheme'):
+        opts['dwi_scheme'] = str(Path(opts['dwi_scheme']).expanduser().absolute())
+    else:
+        opts['dwi_scheme'] = ''
     opts['bids_filters'] = opts.get('bids_filters') or {}
     opts['nprocs'] = opts.get('nprocs') or (os.cpu_count() or 1)
     opts['omp_nthreads'] = opts.get('omp_nthreads') or max(1, min(4, opts['nprocs']))

@@ -154,6 +154,12 @@ def _plan(config) -> _Plan:
             n_problems += 1
             _error(line + 'left alone, the other modalities and subjects go on)')
     targets = tuple(wfc.modalities) or DEFAULT_TARGETS
+    if ex.analysis_level == 'participant' and ('dwi' in targets or wfc.dwi_scheme):
+        from ..bids.gradients import resolve_scheme
+
+        scheme = resolve_scheme(wfc.dwi_scheme or None, layout)  # exit 64/66 on a bad file
+        wfc.dwi_gradients = scheme.to_dict()
+        LOGGER.info('dwi gradient table: %s (%s)', scheme.source, scheme.origin)
     return _Plan(kept, clinical, targets, model, card, n_problems)
 
 

@@ -81,6 +81,8 @@ class _ToNativeInputSpec(BaseInterfaceInputSpec):
     transform = File(exists=True, mandatory=True, desc='the reference\'s native->template xfm')
     native_reference = File(exists=True, mandatory=True, desc='native reference grid')
     res = traits.Int(2, usevalue=True)
+    modality = traits.Str('', usevalue=True, desc='registry key of the image: its tensor '
+                          'channels are reoriented (empty: none)')
 
 
 class _ToNativeOutputSpec(TraitedSpec):
@@ -101,6 +103,7 @@ class ToNative(SimpleInterface):
         array = load_conformed(self.inputs.in_file)
         img = to_native(
             array, template, self.inputs.transform, self.inputs.native_reference,
+            modality=self.inputs.modality or None,
         )
         out_file = os.path.join(runtime.cwd, 'native.nii.gz')
         img.to_filename(out_file)

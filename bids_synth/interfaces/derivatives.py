@@ -15,13 +15,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-__all__ = ['SynthDerivatives', 'write_synth_outputs', 'registration_qc', 'NOMINAL_BOLD_TR']
-
-#: Repetition time written into synthesized bold headers and sidecars: the volumes are
-#: segment means (model representation), not time points, so the value is nominal.
-NOMINAL_BOLD_TR = 2.0
-#: Nominal b-value of the diffusion-weighted segment means (the training data's shell).
-NOMINAL_BVALUE = 1000
+__all__ = ['SynthDerivatives', 'write_synth_outputs', 'registration_qc']
 
 
 class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
@@ -46,6 +40,8 @@ class _SynthDerivativesInputSpec(BaseInterfaceInputSpec):
                                 '(skull stripping, N4, precomputed fMRIPrep inputs)')
     refinement = File(exists=True, desc='JSON record of the native refinement (RefineNative); '
                       'absent: none was run')
+    dwi_scheme = traits.Dict(desc='dwi: the gradient table the series is rendered for '
+                             '(bids.gradients.GradientScheme.to_dict)')
 
 
 class _SynthDerivativesOutputSpec(TraitedSpec):
@@ -85,6 +81,8 @@ class SynthDerivatives(SimpleInterface):
             reference_file=self.inputs.reference_file,
             preprocessing=_read_reports(self.inputs.brain_reports),
             native_refinement=_read_json(self.inputs.refinement),
+            dwi_scheme=dict(self.inputs.dwi_scheme) if isdefined(self.inputs.dwi_scheme)
+            else None,
         )
         record['brain_masks'] = _brain_masks(self.inputs.brain_reports)
         out_record = os.path.join(runtime.cwd, 'record.json')
@@ -150,46 +148,6 @@ def _opt(value):
     return value if isdefined(value) and value else None
 
 
-def _split_channels(target: str, img):
-    """Split a model representation into the main image and extra maps (BEP012/BEP016).
-
-    Returns ``(main_img, {map_name: img})``: bold keeps its segment means as volumes and moves
-    ALFF/fALFF to ``stat-<name>_boldmap``; dwi keeps b0 and the segment means and moves FA/MD to
-    ``model-tensor_param-<name>_dwimap``.
-    """
-    import nibabel as nib
-    import numpy as np
-
-    from ..bids.modalities import MODALITIES
-
-    channels = MODALITIES[target].channels
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    if len(channels) == 1:  # one channel: a 3D image (the validator rejects 4D anat files)
-        out = nib.Nifti1Image(data.reshape(data.shape[:3]), img.affine)
-        out.header.set_xyzt_units('mm')
-        return out, {}
-    if data.ndim == 3:
-        data = data[..., None]
-    main = [i for i, c in enumerate(channels) if c == 'b0' or c.startswith('seg')]
-    maps = {c: i for i, c in enumerate(channels) if i not in main}
-    hdr = img.header.copy()
-    main_img = nib.Nifti1Image(data[..., main], img.affine, hdr)
-    main_img.header.set_xyzt_units('mm', 'sec')
-    map_imgs = {c: nib.Nifti1Image(data[..., i], img.affine) for c, i in maps.items()}
-    for m in map_imgs.values():
-        m.header.set_xyzt_units('mm')
-    return main_img, map_imgs
-
-
-def _set_tr(img, tr: float):
-    hdr = img.header
-    zooms = hdr.get_zooms()
-    hdr.set_zooms(tuple(zooms[:3]) + (tr,) * (len(zooms) - 3))
-    hdr.set_xyzt_units('mm', 'sec')
-    return img
-
-
-
 def _estimate(method, n_samples) -> str:
     """What a desc-synth image is, for its Description."""
     if method == 'diffusion':
@@ -200,9 +158,15 @@ def _estimate(method, n_samples) -> str:
 
 def write_synth_outputs(
     *, output_dir, bids_dir, subject, session, target, res, images, provenance, source_files,
-    reference_file, preprocessing=None, native_refinement=None,
+    reference_file, preprocessing=None, native_refinement=None, dwi_scheme=None,
 ) -> dict:
     """Write every file of one synthesized modality; return the record (paths relative).
+
+    The files are :func:`bids_synth.preprocessing.outputs.output_images` of each image (bold:
+    boldmaps only, no time series; dwi: a series rendered for ``dwi_scheme``, a
+    :meth:`~bids_synth.bids.gradients.GradientScheme.to_dict`, default the standard table,
+    and the tensor maps). In ``record['files']`` the main image of each kind is ``<kind>``, the
+    others ``<kind>_<name>`` (``template_fa``, ``native_bval``...).
 
     ``native_refinement`` (the :class:`~bids_synth.interfaces.refine.RefineNative` record) goes
     into the native image's sidecar only (``bids_synth.native_refinement``): the template-space
@@ -218,9 +182,14 @@ def write_synth_outputs(
         write_nifti_atomic,
         write_text_atomic,
     )
+    from ..bids.gradients import GradientScheme, standard_scheme
     from ..bids.modalities import MODALITIES, from_bids_entities
+    from ..preprocessing.outputs import output_images
 
     mod = MODALITIES[target]
+    scheme = None
+    if mod.family == 'dmri':
+        scheme = GradientScheme.from_dict(dwi_scheme) if dwi_scheme else standard_scheme()
     out = Path(output_dir)
     used = set(provenance.get('inputs_used', []))
     sources = []
@@ -235,8 +204,10 @@ def write_synth_outputs(
         'Description': (
             f'{target} synthesized by bids_synth ({provenance.get("method")}) from '
             f'{inputs_txt}; {_estimate(provenance.get("method"), n_samples)}. Not acquired: '
-            'an imputation. '
-            f'Intensities are in the model representation: {mod.description}.'
+            'an imputation.'
+            # multi-channel modalities: each file's own text says what it holds, and in what
+            + (f' Intensities are in the model representation: {mod.description}.'
+               if mod.n_channels == 1 else '')
         ),
         'Sources': sources,
         'SkullStripped': True,
@@ -259,8 +230,7 @@ def write_synth_outputs(
         if not src:
             continue
         space = 'MNI152NLin2009aSym' if kind.startswith('template') else None
-        img = nib.load(src)
-        main, maps = _split_channels(target, img)
+        pieces = output_images(target, nib.load(src), desc, scheme)
         side = dict(base)
         if desc == 'synthstd':
             side['Description'] = (f'Voxelwise standard deviation over the {n_samples} samples '
@@ -280,12 +250,7 @@ def write_synth_outputs(
         else:
             side['SpatialReference'] = {'URI': bids_uri(bids_dir, reference_file)}
         if mod.family == 'fmri':
-            _set_tr(main, NOMINAL_BOLD_TR)
             side['TaskName'] = 'rest'
-            side['RepetitionTime'] = NOMINAL_BOLD_TR
-            side['VolumeContents'] = [c for c in mod.channels if c.startswith('seg')]
-        if mod.family == 'dmri':
-            side['VolumeContents'] = [c for c in mod.channels if c == 'b0' or c.startswith('seg')]
         side['bids_synth'] = dict(provenance, space=space or 'native', output=kind)
         if preprocessing:  # per input: SkullStripped as found, N4, brain extraction, xfm source
             side['bids_synth']['preprocessing'] = preprocessing
@@ -298,31 +263,26 @@ def write_synth_outputs(
                     ' On this native grid the image was refined with the detail of the acquired '
                     f'{guides} (guided filter; see bids_synth.native_refinement); intensities '
                     'stay in model units.')
-        path = derivative_path(out, subject=subject, session=session, modality=target,
-                               space=space, res=res if space else None, desc=desc)
-        write_nifti_atomic(main, path)
-        write_json_atomic(side, path.with_name(path.name.replace('.nii.gz', '.json')))
-        record['files'][kind] = str(path.relative_to(out))
-        if mod.family == 'dmri' and desc in ('synth', 'synthstd'):  # samples: VolumeContents
-            n_seg = main.shape[-1] - 1
-            bvals = [0] + [NOMINAL_BVALUE] * n_seg
-            write_text_atomic(' '.join(map(str, bvals)) + '\n', path.with_suffix('').with_suffix(
-                '.bval'))
-            zeros = ' '.join(['0'] * len(bvals))
-            write_text_atomic('\n'.join([zeros] * 3) + '\n',
-                              path.with_suffix('').with_suffix('.bvec'))
-        for name, mimg in maps.items():
-            ent = f'stat-{name}' if mod.family == 'fmri' else f'model-tensor_param-{name}'
-            suffix = 'boldmap' if mod.family == 'fmri' else 'dwimap'
-            stem = path.name.split(f'_{mod.suffix}.nii.gz')[0]
-            stem = stem.replace(f'_desc-{desc}', f'_{ent}_desc-{desc}')
-            mpath = path.with_name(f'{stem}_{suffix}.nii.gz')
-            write_nifti_atomic(mimg, mpath)
-            mside = dict(side, Description=f'{name.upper()} map of the synthesized {target} '
-                         f'({"BEP012" if mod.family == "fmri" else "BEP016"} naming).')
-            mside.pop('VolumeContents', None)
-            mside.pop('TaskName', None)
-            mside.pop('RepetitionTime', None)
-            write_json_atomic(mside, mpath.with_name(mpath.name.replace('.nii.gz', '.json')))
-            record['files'][f'{kind}_{name}'] = str(mpath.relative_to(out))
+        for piece in pieces:
+            ppath = derivative_path(out, subject=subject, session=session, modality=target,
+                                    space=space, res=res if space else None, desc=desc,
+                                    entities=piece.entities, suffix=piece.suffix)
+            pside = dict(side)
+            if piece.description and desc == 'synth':
+                what = piece.description.rstrip('.')
+                pside['Description'] = f'{what[0].upper()}{what[1:]}. {side["Description"]}'
+            elif piece.description:
+                pside['Description'] += f' This file: {piece.description.rstrip(".")}.'
+            pside.update(piece.sidecar)
+            if piece.suffix == 'dwi':  # where the gradient table came from
+                pside['bids_synth'] = dict(pside['bids_synth'],
+                                           gradient_scheme=scheme.describe())
+            write_nifti_atomic(piece.image, ppath)
+            write_json_atomic(pside, ppath.with_name(ppath.name.replace('.nii.gz', '.json')))
+            rkey = kind if piece.key == 'main' else f'{kind}_{piece.key}'
+            record['files'][rkey] = str(ppath.relative_to(out))
+            for ext, text in piece.texts.items():
+                tpath = ppath.with_name(ppath.name.replace('.nii.gz', ext))
+                write_text_atomic(text, tpath)
+                record['files'][f'{kind}_{ext[1:]}'] = str(tpath.relative_to(out))
     return record

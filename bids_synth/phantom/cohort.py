@@ -366,7 +366,11 @@ def generate_cohort(
     (gt_dir / 'phantom_truth.json').write_text(json.dumps(
         {f'sub-{k[0]}' + (f'_ses-{k[1]}' if k[1] else ''): v for k, v in sessions.items()},
         indent=1) + '\n')
-    (gt_dir / '.bidsignore').write_text('phantom_truth.json\n')
+    (gt_dir / '.bidsignore').write_text(
+        'phantom_truth.json\n'
+        '# tensor ground truth (model-tensor_param-*_dwimap) follows BEP016 (Diffusion\n'
+        '# derivatives, https://bids.neuroimaging.io/bep016), not in the schema yet\n'
+        '*_dwimap.nii.gz\n*_dwimap.json\n')
     participants = pd.read_csv(bids_dir / 'participants.tsv', sep='\t', na_values='n/a',
                                keep_default_na=False)
     return PhantomCohort(bids_dir, gt_dir, participants, miss, truth, sessions)

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from bids_synth.bids.gradients import fibonacci_hemisphere
+from bids_synth.preprocessing.tensor import TENSOR_ORDER, scalar_maps, to_elements
+
 from .mri import TISSUE_PARAMS
 
-__all__ = ['gradient_table', 'diffusivities', 'dwi_signal', 'fsl_bvecs', 'dwi_sidecar']
+__all__ = ['gradient_table', 'diffusivities', 'dwi_signal', 'fsl_bvecs', 'dwi_sidecar',
+           'tensor_truth', 'truth_sidecar']
 
 B = 1000.0
 TE_MS = 80.0
@@ -23,11 +27,7 @@ TR_MS = 8000.0
 
 def gradient_table(n_b0: int, n_dirs: int) -> tuple[np.ndarray, np.ndarray]:
     """bvals (N,) and unit world-frame directions (N, 3) (zeros for b0), b0 first."""
-    k = np.arange(n_dirs) + 0.5
-    z = 1 - k / n_dirs  # upper half-sphere
-    phi = np.pi * (1 + 5**0.5) * k
-    r = np.sqrt(1 - z**2)
-    dirs = np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+    dirs = fibonacci_hemisphere(n_dirs)
     bvals = np.r_[np.zeros(n_b0), np.full(n_dirs, B)]
     return bvals, np.r_[np.zeros((n_b0, 3)), dirs]
 
@@ -87,6 +87,49 @@ def fsl_bvecs(dirs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     if np.linalg.det(affine[:3, :3]) > 0:
         vox[:, 0] *= -1
     return vox.T
+
+
+#: brain voxels of the tensor ground truth: tissue (GM + WM + CSF) fraction above this
+TRUTH_TISSUE = 0.5
+
+
+def tensor_truth(signal: np.ndarray, bvals, dirs, frac: dict) -> dict[str, np.ndarray]:
+    """Ground-truth tensor maps of a noise-free series (the phantom's own tissue model).
+
+    The tensor the noise-free multi-compartment signal has at this gradient table: a dipy WLS
+    fit with the world-frame directions, so it is in world (scanner RAS+) axes, mm^2/s, as
+    bids_synth writes its tensors (``preprocessing.tensor``). In white matter it is the fibre
+    tensor (FA from the template's fibre directions and the subject's diffusivities); in
+    partial-volume voxels it is what an acquisition would measure, not a compartment mean.
+
+    Returns
+    -------
+    dict
+        ``tensor`` (X, Y, Z, 6; :data:`~bids_synth.preprocessing.tensor.TENSOR_ORDER`),
+        ``fa``, ``md`` (X, Y, Z); 0 outside the tissue mask.
+    """
+    from dipy.core.gradients import gradient_table as dipy_table
+    from dipy.reconst.dti import TensorModel
+
+    mask = (frac['gm'] + frac['wm'] + frac['csf']) > TRUTH_TISSUE
+    gtab = dipy_table(np.asarray(bvals, float), bvecs=np.asarray(dirs, float), b0_threshold=50)
+    tensor = np.zeros(mask.shape + (6,), dtype=np.float32)
+    with np.errstate(all='ignore'):
+        fit = TensorModel(gtab, fit_method='WLS').fit(np.asarray(signal)[mask])
+        tensor[mask] = np.nan_to_num(to_elements(fit.quadratic_form))
+    maps = scalar_maps(tensor)
+    return {'tensor': tensor, 'fa': np.where(mask, maps['fa'], 0.0),
+            'md': np.where(mask, maps['md'], 0.0)}
+
+
+def truth_sidecar(name: str) -> dict:
+    """Sidecar of a tensor ground-truth map."""
+    what = {'tensor': 'diffusion tensor, 6 volumes (' + ', '.join(f'D{e}' for e in TENSOR_ORDER)
+            + '), mm^2/s, world (scanner RAS+) axes',
+            'fa': 'fractional anisotropy', 'md': 'mean diffusivity, mm^2/s'}[name]
+    return {'Description': f'Ground truth {what} of the noise-free phantom series (dipy WLS '
+                           'fit at the acquired gradient table; bids_synth phantom).',
+            'SkullStripped': True}
 
 
 def dwi_sidecar() -> dict:

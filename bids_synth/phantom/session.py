@@ -19,7 +19,11 @@ from .anatomy import (
 from .clinical import Subject
 from .tissues import lesion_score, session_tissues
 
-__all__ = ['RESOLUTIONS', 'render_session', 'relpath', 'MOD_CODES']
+__all__ = ['RESOLUTIONS', 'render_session', 'relpath', 'MOD_CODES', 'GT_ONLY']
+
+#: Prefix of a ``_render`` key written to the ground truth only (the rest of the key replaces
+#: the suffix: ``'gt:_model-tensor_param-fa_dwimap.nii.gz'``).
+GT_ONLY = 'gt:'
 
 #: acquisition settings per resolution preset
 RESOLUTIONS = {
@@ -160,7 +164,16 @@ def render_session(subj: Subject, k: int, *, seed: int, sub_index: int, modaliti
         files = _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean,
                         shift)
         for rel_ext, payload in files.items():
-            _write(roots[mod], relpath(mod, sub, ses, rel_ext), payload)
+            if rel_ext.startswith(GT_ONLY):  # ground truth only (roots[mod][0])
+                name = rel_ext[len(GT_ONLY):]
+                rel = relpath(mod, sub, ses, '')
+                rel = rel[:-len(mod) - 1] + name if rel.endswith('_' + mod) else rel + name
+                _write(roots[mod][:1], rel, payload)
+            else:
+                _write(roots[mod], relpath(mod, sub, ses, rel_ext), payload)
+        if fam == 'dwi':
+            truth['dwi_diffusivities'] = {k: round(v, 8) for k, v in dwim.diffusivities(
+                visit.age, visit.severity).items()}
     return truth
 
 
@@ -215,11 +228,19 @@ def _render(mod, fam, rng, grid, pose, deform, tpl, tis, subj, visit, res, clean
     bvals, dirs = dwim.gradient_table(res['dwi_b0'], res['dwi_dirs'])
     d = dwim.diffusivities(visit.age, visit.severity)
     sig = dwim.dwi_signal(frac, dyad, pose.rotation, bvals, dirs, d)
+    truth_maps = dwim.tensor_truth(sig, bvals, dirs, frac)  # the noise-free signal's tensor
     if not clean:  # the last draws of this modality
         sig *= bias[..., None]
         sig = mri.rician(rng, sig, 12.0)
     bvec = dwim.fsl_bvecs(dirs, grid.affine)
     bvec_txt = '\n'.join(' '.join(f'{v:.6f}' for v in row) for row in bvec) + '\n'
     bval_txt = ' '.join(str(int(b)) for b in bvals) + '\n'
-    return {'.nii.gz': _nifti_bytes(sig, grid.affine), '.json': _json(dwim.dwi_sidecar()),
-            '.bval': bval_txt, '.bvec': bvec_txt}
+    files = {'.nii.gz': _nifti_bytes(sig, grid.affine), '.json': _json(dwim.dwi_sidecar()),
+             '.bval': bval_txt, '.bvec': bvec_txt}
+    for name, vol in truth_maps.items():
+        stem = f'{GT_ONLY}_model-tensor_param-{name}_dwimap'
+        img = nib.Nifti1Image(vol.astype(np.float32), grid.affine)
+        img.header.set_xyzt_units('mm')
+        files[stem + '.nii.gz'] = gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+        files[stem + '.json'] = _json(dwim.truth_sidecar(name))
+    return files

@@ -43,6 +43,8 @@ __all__ = [
     'to_native',
     'save_conformed',
     'load_conformed',
+    'reorient_tensors',
+    'has_tensors',
 ]
 
 LOGGER = logging.getLogger('bids_synth.preprocessing.conform')
@@ -125,6 +127,38 @@ class Transform:
 
         tx = ants.read_transform(self.path)
         return np.asarray(tx.parameters[:9], dtype=float).reshape(3, 3)
+
+    def linear_ras(self) -> np.ndarray:
+        """The linear part (3, 3) of the native -> template map, in RAS+ world axes.
+
+        An affine ``.mat`` is read directly; a composite (e.g. fMRIPrep's ``.h5`` with a
+        non-linear part) is summarized by the least-squares linear map of 7x7x7 points of the
+        template brain (its local rotations are not represented).
+        """
+        flip = np.diag([-1.0, -1.0, 1.0])  # ITK LPS <-> RAS
+        try:
+            to_native = flip @ self.matrix() @ flip  # ITK: maps template points to native
+        except Exception:  # noqa: BLE001 - not an affine ANTs can read as one matrix
+            import ants
+            import pandas as pd
+
+            axis = np.linspace(-60.0, 60.0, 7)
+            pts = np.stack(np.meshgrid(axis, axis, axis, indexing='ij'), -1).reshape(-1, 3)
+            lps = pts @ flip
+            moved = ants.apply_transforms_to_points(
+                3, pd.DataFrame(lps, columns=['x', 'y', 'z']), [self.path],
+                whichtoinvert=[False])[['x', 'y', 'z']].to_numpy() @ flip
+            design = np.c_[pts, np.ones(len(pts))]
+            coef, *_ = np.linalg.lstsq(design, moved, rcond=None)
+            to_native = coef[:3].T
+        return np.linalg.inv(to_native)
+
+    def rotation(self) -> np.ndarray:
+        """Finite-strain rotation (3, 3) of the native -> template map, RAS+ axes: what
+        reorients tensors (:func:`.tensor.finite_strain`)."""
+        from .tensor import finite_strain
+
+        return finite_strain(self.linear_ras())
 
     def ants_to_template(self) -> tuple[list[str], list[bool]]:
         """``(transformlist, whichtoinvert)`` of ``ants.apply_transforms`` native -> template."""
@@ -377,6 +411,29 @@ def apply_to_template(img: nib.Nifti1Image, template, transform: Transform, *,
     return np.stack(out)
 
 
+def has_tensors(modality: str) -> bool:
+    """Whether a modality's representation has tensor channels (dwi)."""
+    from ..bids.modalities import TENSOR_CHANNELS
+
+    return set(TENSOR_CHANNELS) <= set(MODALITIES[modality].channels)
+
+
+def reorient_tensors(array: np.ndarray, modality: str, rotation: np.ndarray) -> np.ndarray:
+    """Rotate the tensor channels of a representation (C, ...) by ``rotation``: ``R L R^T``
+    for each voxel's log-tensor (:data:`~bids_synth.bids.modalities.TENSOR_CHANNELS`);
+    a modality without them is returned unchanged."""
+    from ..bids.modalities import TENSOR_CHANNELS
+    from .tensor import rotate
+
+    names = MODALITIES[modality].channels
+    if not has_tensors(modality):
+        return array
+    idx = [names.index(c) for c in TENSOR_CHANNELS]
+    out = np.array(array, dtype=np.float32, copy=True)
+    out[idx] = np.moveaxis(rotate(np.moveaxis(out[idx], 0, -1), rotation), -1, 0)
+    return out
+
+
 def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str | os.PathLike,
             metadata: dict | None = None, omp_nthreads: int = 1, force: bool = False, *,
             skull_strip: str = 'auto', precomputed: dict | None = None) -> ConformResult:
@@ -435,6 +492,8 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
         except DataError as exc:  # name the raw file, not the work copy
             raise type(exc)(str(exc).replace(ref_path, str(in_file))) from exc
     array = apply_to_template(channels, template, transform)
+    if has_tensors(modality):  # into template axes: the registration's finite-strain rotation
+        array = reorient_tensors(array, modality, transform.rotation())
     try:
         array = normalize(array, modality, template)
     except DataError as exc:
@@ -445,8 +504,11 @@ def conform(in_file: str | os.PathLike, modality: str, template, work_dir: str |
 
 def to_native(array: np.ndarray, template, transform: Transform,
               native_reference_img: nib.Nifti1Image | str | os.PathLike, *,
-              interpolator: str = 'linear') -> nib.Nifti1Image:
+              interpolator: str = 'linear', modality: str | None = None) -> nib.Nifti1Image:
     """Resample a model-grid array onto the native reference grid (inverse transform).
+
+    With ``modality``, its tensor channels are turned back into the native world axes (the
+    transpose of the registration's finite-strain rotation).
 
     Parameters
     ----------
@@ -476,6 +538,8 @@ def to_native(array: np.ndarray, template, transform: Transform,
         array = array[None]
     if array.shape[1:] != tuple(template.shape):
         raise ValueError(f'array of shape {array.shape} is not on the {template.shape} grid')
+    if modality is not None and has_tensors(modality):
+        array = reorient_tensors(array, modality, transform.rotation().T)
     native = ants.image_read(ref_path)
     fixed = ants.image_read(transform.fixed)
     out = []

@@ -1,9 +1,11 @@
 """Model representations computed in native space, before registration (DESIGN section 3).
 
 - PET: the static image, mean of the frames in the tracer's late window.
-- bold: ``BOLD_SEGMENTS`` segment-wise temporal means, then ALFF and fALFF of the whole run.
+- bold: ``BOLD_SEGMENTS`` segment-wise temporal means, then ALFF, fALFF and ReHo of the whole
+  run.
 - dwi: mean b=0, means of the diffusion-weighted volumes in ``DWI_SEGMENTS`` acquisition-order
-  segments, then tensor FA and MD (dipy).
+  segments, tensor FA and MD, then the log-Euclidean tensor (dipy WLS fit with the b-vectors
+  turned into world axes, :mod:`.tensor`).
 
 Each function takes and returns nibabel images (channels on the last axis), so the maps keep the
 native affine and are registered with the reference channel's transform.
@@ -33,6 +35,7 @@ __all__ = [
     'frame_weights',
     'pet_static',
     'bold_maps',
+    'reho',
     'dwi_maps',
     'representation_native',
     'ALFF_BAND',
@@ -165,9 +168,50 @@ def _alff(data: np.ndarray, tr: float, band=ALFF_BAND, chunk: int = 4096):
     return alff, falff
 
 
+def reho(data: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Regional homogeneity: Kendall's W of each voxel's 27-voxel neighbourhood.
+
+    Zang et al., NeuroImage 2004. Each voxel's series is ranked over time; with ``K``
+    neighbours (the voxel and its 26 neighbours that are inside ``mask``) and ``n`` time
+    points, ``W = 12 sum_t (R_t - K (n + 1) / 2)^2 / (K^2 (n^3 - n))`` where ``R_t`` is the sum
+    of the neighbours' ranks at time ``t``. No tie correction (continuous signals).
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, T)
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Voxels taking part; default: those whose series is not constant.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z), float32
+        W in 0-1 (1: the neighbours' series rise and fall together); 0 outside the mask and
+        where fewer than 2 neighbours take part.
+    """
+    from scipy import ndimage as ndi
+
+    data = np.asarray(data, dtype=np.float32)
+    n = data.shape[3]
+    if mask is None:
+        mask = data.max(axis=3) > data.min(axis=3)
+    mask = np.asarray(mask, dtype=bool)
+    ranks = np.argsort(np.argsort(data, axis=3), axis=3).astype(np.float32) + 1.0
+    ranks *= mask[..., None]
+    box = np.ones((3, 3, 3), dtype=np.float32)
+    k = ndi.convolve(mask.astype(np.float32), box, mode='constant')
+    acc = np.zeros(data.shape[:3], dtype=np.float64)
+    centre = k * (n + 1) / 2.0
+    for t in range(n):
+        r = ndi.convolve(ranks[..., t], box, mode='constant')
+        acc += (r - centre) ** 2
+    with np.errstate(invalid='ignore', divide='ignore'):
+        w = np.where((k >= 2) & mask, 12.0 * acc / (k ** 2 * (n ** 3 - n)), 0.0)
+    return np.clip(w, 0, 1).astype(np.float32)
+
+
 def bold_maps(img: nib.Nifti1Image, tr: float, *, n_segments: int = BOLD_SEGMENTS,
               band: tuple[float, float] = ALFF_BAND) -> nib.Nifti1Image:
-    """Segment-wise temporal means, ALFF and fALFF of a bold run.
+    """Segment-wise temporal means, ALFF, fALFF and ReHo of a bold run.
 
     Parameters
     ----------
@@ -177,10 +221,11 @@ def bold_maps(img: nib.Nifti1Image, tr: float, *, n_segments: int = BOLD_SEGMENT
 
     Returns
     -------
-    Nifti1Image, shape (X, Y, Z, n_segments + 2), float32
-        Channels ``seg1..segN, alff, falff``. ALFF is the mean single-sided amplitude in
+    Nifti1Image, shape (X, Y, Z, n_segments + 3), float32
+        Channels ``seg1..segN, alff, falff, reho``. ALFF is the mean single-sided amplitude in
         ``band`` of the linearly detrended signal (image units); fALFF is the in-band amplitude
-        sum over the amplitude sum of all non-zero frequencies (0-1).
+        sum over the amplitude sum of all non-zero frequencies (0-1); ReHo is :func:`reho` of
+        the run (0-1).
     """
     data = np.nan_to_num(np.asarray(img.dataobj, dtype=np.float32))
     if data.ndim != 4 or data.shape[3] < 2 * n_segments:
@@ -191,7 +236,7 @@ def bold_maps(img: nib.Nifti1Image, tr: float, *, n_segments: int = BOLD_SEGMENT
     segs = [s.mean(axis=3) for s in np.array_split(data, n_segments, axis=3)]
     shape3 = data.shape[:3]
     alff, falff = _alff(data.reshape(-1, data.shape[3]), float(tr), band)
-    maps = np.stack(segs + [alff.reshape(shape3), falff.reshape(shape3)], axis=-1)
+    maps = np.stack(segs + [alff.reshape(shape3), falff.reshape(shape3), reho(data)], axis=-1)
     return nib.Nifti1Image(maps.astype(np.float32), img.affine)
 
 
@@ -205,13 +250,19 @@ def dwi_maps(img: nib.Nifti1Image, bvals: np.ndarray, bvecs: np.ndarray, *,
     bvals : ndarray, shape (N,)
         s/mm^2.
     bvecs : ndarray, shape (N, 3) or (3, N)
+        FSL convention (image axes, x negated for a positive-determinant affine), as in BIDS
+        ``.bvec`` files.
 
     Returns
     -------
-    Nifti1Image, shape (X, Y, Z, n_segments + 3), float32
-        Channels ``b0, seg1..segN, fa, md``; MD in 10^-3 mm^2/s. The tensor is fitted (WLS)
-        inside an Otsu threshold of the mean b0; FA and MD are 0 outside.
+    Nifti1Image, shape (X, Y, Z, n_segments + 9), float32
+        Channels ``b0, seg1..segN, fa, md, logdxx..logdzz`` (``bids.modalities``); MD in
+        10^-3 mm^2/s; the log-tensor is ``logm(D / 10^-3 mm^2/s)`` in world (RAS+) axes
+        (:mod:`.tensor`). The tensor is fitted (WLS) inside an Otsu threshold of the mean b0;
+        FA, MD and the log-tensor are 0 outside.
     """
+    from .tensor import LOG_UNIT, fsl_to_world, log_tensor, to_elements
+
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
     from dipy.segment.threshold import otsu
@@ -232,14 +283,21 @@ def dwi_maps(img: nib.Nifti1Image, bvals: np.ndarray, bvecs: np.ndarray, *,
     b0 = data[..., is_b0].mean(axis=3)
     segs = [data[..., idx].mean(axis=3) for idx in np.array_split(dw, n_segments)]
     mask = b0 > otsu(b0)
-    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=B0_THRESHOLD)
+    norms = np.linalg.norm(bvecs, axis=1, keepdims=True)
+    unit = np.divide(bvecs, norms, out=np.zeros_like(bvecs), where=norms > 0)
+    world = fsl_to_world(unit, img.affine)  # the tensor comes out in world axes
+    gtab = gradient_table(bvals, bvecs=world, b0_threshold=B0_THRESHOLD)
     with np.errstate(all='ignore'):
         fit = TensorModel(gtab).fit(data, mask=mask)
         fa = np.clip(np.nan_to_num(fit.fa), 0, 1)
         md = np.clip(np.nan_to_num(fit.md), 0, None) * 1e3
+        quad = np.nan_to_num(fit.quadratic_form[mask]) / LOG_UNIT
     fa[~mask] = 0
     md[~mask] = 0
-    maps = np.stack([b0] + segs + [fa, md], axis=-1).astype(np.float32)
+    logd = np.zeros(mask.shape + (6,), dtype=np.float32)
+    logd[mask] = log_tensor(to_elements(quad))
+    maps = np.concatenate([np.stack([b0] + segs + [fa, md], axis=-1), logd],
+                          axis=-1).astype(np.float32)
     return nib.Nifti1Image(maps, img.affine)
 
 

@@ -4,8 +4,8 @@
 | --- | --- | --- |
 | smri | intensity | / 99th percentile inside the brain mask |
 | pet | SUVR | / mean inside the reference region (:data:`SUVR_REFERENCE`) |
-| fmri | seg1..seg4, alff, falff | seg and alff / p99 of seg1 in the mask; falff as is (0-1) |
-| dmri | b0, seg1..seg4, fa, md | b0 and seg / p99 of b0 in the mask; fa as is; md in 1e-3 mm^2/s |
+| fmri | seg1..seg4, alff, falff, reho | seg and alff / p99 of seg1 in the mask; falff, reho as is (0-1) |
+| dmri | b0, seg1..seg4, fa, md, logd.. | b0 and seg / p99 of b0 in the mask; fa as is; md in 1e-3 mm^2/s; log-tensor as is |
 
 Everything outside the brain mask is set to 0. There is no ``denormalize``: synthesized images
 are written in these normalized units (the sidecar's Description says which), because the raw
@@ -101,7 +101,8 @@ def normalize(array: np.ndarray, modality: str, template) -> np.ndarray:
     elif mod.family == 'fmri':
         idx = [i for i, n in enumerate(names) if n.startswith('seg') or n == 'alff']
         _scale(out, idx, robust_max(out[names.index('seg1')], mask), 'p99 of seg1', modality)
-        out[names.index('falff')] = np.clip(out[names.index('falff')], 0, 1)
+        for name in ('falff', 'reho'):
+            out[names.index(name)] = np.clip(out[names.index(name)], 0, 1)
     elif mod.family == 'dmri':
         idx = [i for i, n in enumerate(names) if n.startswith('seg') or n == 'b0']
         _scale(out, idx, robust_max(out[names.index('b0')], mask), 'p99 of b0', modality)

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..cli.run import main as bids_synth
     from ..models.checkpoint import CARD_NAME, WEIGHTS_NAME, read_card
+    from ..models.image_components import COMPONENTS_NAME
+    from ..models.tabular import TABULAR_NAME
     from ..phantom import generate_cohort
 
     tmp_ctx = tempfile.TemporaryDirectory(prefix='bids_synth-default-') if not args.work else None
@@ -79,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy2(src / WEIGHTS_NAME, args.out / f'.{WEIGHTS_NAME}.tmp')
     os.replace(args.out / f'.{WEIGHTS_NAME}.tmp', args.out / WEIGHTS_NAME)
     card = read_card(src)
+    if (src / TABULAR_NAME).is_file():  # the clinical head group fitted with these weights
+        for name in (TABULAR_NAME, COMPONENTS_NAME):  # and its image generator
+            if (src / name).is_file():
+                shutil.copy2(src / name, args.out / f'.{name}.tmp')
+                os.replace(args.out / f'.{name}.tmp', args.out / name)
+        card['tabular']['recipe'] = ('fitted by the group level of `make default-model` on '
+                                     'the recipe cohort, with these weights')
     card['name'] = 'bids_synth-default'
     card['origin'] = 'embedded default'
     card['recipe'] = {

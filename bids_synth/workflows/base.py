@@ -146,6 +146,7 @@ def init_single_subject_wf(config, subject, sessions, clinical, *, model, model_
             skull_strip=config.workflow.skull_strip,
             precomputed=_precomputed(config, inv),
             native_refine=config.workflow.native_refine,
+            dwi_scheme=config.workflow.dwi_gradients or None,
         )
         entries.append((inv, ses_wf, targets, impute))
     if not entries:
@@ -211,6 +212,7 @@ def init_session_synth_wf(
     precomputed=None,
     native_refine=True,
     impute_clinical=False,
+    dwi_scheme=None,
     name=None,
 ):
     """Synthesize the missing ``targets`` of one session.
@@ -297,7 +299,7 @@ def init_session_synth_wf(
             ),
             name=f'synth_{target}', mem_gb=2,
         )
-        native = pe.Node(ToNative(res=res), name=f'native_{target}')
+        native = pe.Node(ToNative(res=res, modality=target), name=f'native_{target}')
         native_std = pe.Node(ToNative(res=res), name=f'native_std_{target}')
         ds = pe.Node(
             SynthDerivatives(
@@ -306,6 +308,7 @@ def init_session_synth_wf(
                 source_files=[inv.files[m].path for m in inputs],
                 reference_file=ref.path,
                 source_metadata=_plain({m: inv.files[m].metadata for m in inputs}),
+                **({'dwi_scheme': dwi_scheme} if dwi_scheme and target == 'dwi' else {}),
             ),
             name=f'ds_{target}', run_without_submitting=True,
         )
