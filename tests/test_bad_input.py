@@ -321,3 +321,21 @@ def test_unreadable_as_missing_is_a_warning(cohort, tmp_path, capsys, digest):
     assert case.run(capsys, digest, '--dry-run', '--unreadable-as-missing') == 0
     assert not case.errors and f'{flair}: ' in case.err
     assert 'synthesizing it as missing' in case.err
+
+
+def test_model_of_another_representation_is_65(cohort, tmp_path, capsys, digest):
+    """A model fitted before dwi gained its tensor channels (its card lists the old ones): one
+    line, 65, before anything is written, instead of a shape error inside a node."""
+    import json
+
+    from bids_synth.workflows.base import default_model_dir
+
+    case = Case(cohort, tmp_path)
+    model = tmp_path / 'model'
+    shutil.copytree(default_model_dir(), model)
+    card = json.loads((model / 'model_card.json').read_text())
+    card['channels']['dwi'] = ['b0', 'seg1', 'seg2', 'seg3', 'seg4', 'fa', 'md']
+    (model / 'model_card.json').write_text(json.dumps(card))
+    assert case.run(capsys, digest, '--model', model) == 65
+    case.one_error(model, 'represents dwi as 7 channels', 'refit')
+    assert not case.out.exists() and not case.work.exists()

@@ -109,24 +109,21 @@ def _train_config(value: str) -> str:
     return str(path.absolute())
 
 
-def _count(value: str) -> int:
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
-    if ivalue < 0:
-        raise argparse.ArgumentTypeError(f'{value} must be 0 or more')
-    return ivalue
+def _at_least(minimum: int):
+    """An argparse ``type``: an integer of at least ``minimum``."""
+    def check(value: str) -> int:
+        try:
+            ivalue = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+        if ivalue < minimum:
+            raise argparse.ArgumentTypeError(f'{value} must be {minimum} or more')
+        return ivalue
+    return check
 
 
-def _positive(value: str) -> int:
-    try:
-        ivalue = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
-    if ivalue < 1:
-        raise argparse.ArgumentTypeError(f'{value} must be 1 or more')
-    return ivalue
+_count = _at_least(0)
+_positive = _at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

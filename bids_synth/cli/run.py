@@ -244,6 +244,7 @@ def _validate_input(bids_dir: Path) -> None:
 def _resolve_model(config) -> tuple[str, dict]:
     """The model to use, checked: card, weights (not a pickle, sha256, safetensors)."""
     from ..models.checkpoint import load_model, read_card
+    from ..models.loading import check_channels
     from ..workflows.base import default_model_dir
 
     wfc = config.workflow
@@ -272,6 +273,7 @@ def _resolve_model(config) -> tuple[str, dict]:
 
         raise UsageError(f'{path}: a {card["method"]} model, but --method {wfc.method}')
     load_model(path)  # raises ModelError (65) for a pickle, a sha256 mismatch, bad safetensors
+    check_channels(card, path)  # ModelError (65): fitted with another representation
     wfc.method = card['method']
     LOGGER.info('model: %s (%s, %s)', path, card['method'], card.get('name'))
     return str(path), card
