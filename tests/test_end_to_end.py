@@ -168,7 +168,8 @@ def test_rerun_is_noop_and_fast(phantom6, participant_run):
     seconds = time.monotonic() - t0
     assert code == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob('sub-*/**/*.nii.gz')} == files
-    assert seconds < max(30.0, participant_run['seconds'] / 3)
+    # nothing recomputed: well under the first run (its conform, synthesis and writing)
+    assert seconds < 0.75 * participant_run['seconds']
 
 
 def test_bad_file_in_one_subject(phantom6, group_regression, tmp_path, capsys):
