@@ -42,7 +42,7 @@ demo: $(STAMP)
 	@echo "Reports:      $$(ls $(CURDIR)/$(DEMO)/derivatives/*.html | tr '\n' ' ')"
 	@echo "Ground truth: $(CURDIR)/$(DEMO)/groundtruth"
 
-# the suite takes about 15 min on 2 cores; `timeout` is a backstop so that a hung worker
+# the suite takes about 20 min on 2 cores; `timeout` is a backstop so that a hung worker
 # process can never hold a CI job past its limit
 test: $(STAMP)
 	BIDS_SYNTH_PYBIDS_EXAMPLES=$(CURDIR)/$(EXAMPLES) timeout --kill-after=60 $(TEST_LIMIT) \
@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) bench/speed.py
 	$(PY) bench/quality.py
 	$(PY) bench/clinical.py --train-dir /tmp/bids_synth-default --model bids_synth/data/default_model
+	$(PY) bench/contrast_augmentation.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache
