@@ -348,6 +348,18 @@ def _coherence(test_sessions, truth, tab, imputer, n_gen: int, seed: int, train=
         extra[f'{name}_real'] = m_ref
         extra[f'generated_over_{name}'] = {k: round(m_gen[k] / m_ref[k], 3) for k in keys
                                            if m_ref[k] not in (0, float('nan'))}
+    if population is not None:
+        # how much a 20-subject cohort's slope varies: 200 random draws from the population
+        vent = [(float(ref_row['age']), _roi_means(s.images['T1w'][0], res,
+                                                    ['lateral_ventricles']))
+                for s in population[0] if 'T1w' in s.images
+                for ref_row in [population[1][s.subject]]]
+        rng = np.random.default_rng(seed)
+        draws = [slope([vent[i] for i in rng.choice(len(vent), 20, replace=False)])
+                 for _ in range(200)] if len(vent) > 20 else []
+        if draws:
+            extra['population_20_subject_slope_percentiles_5_50_95'] = [
+                round(float(v), 6) for v in np.percentile(draws, [5, 50, 95])]
     fr = np.array([image_features({m: im[m] for m in mods if m in im}, mods, res)
                    for im, _ in real])
     fg = np.array([image_features(im, mods, res) for im, _ in gen])

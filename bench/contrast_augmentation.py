@@ -8,7 +8,10 @@ targets. Scored on the held-out cohort of ``bench/quality.py`` (seed 9090), each
 every other modality: PSNR against the acquired images (standard contrasts), and against the
 clean images with standard and with shifted inputs (``bids-synth-phantom --shift-contrast``).
 
-    python bench/contrast_augmentation.py [--copies 2] [--train-conformed DIR]
+    python bench/contrast_augmentation.py [--copies 2] [--train-conformed DIR] [--real]
+
+``--real`` also runs ``bench/real.py``'s removed-modality comparisons (the real T2w/FLAIR of
+``../shared/realdata`` synthesized from the other real contrasts) with each ridge.
 
 Prints and writes ``bench/results/contrast_augmentation.json``.
 """
@@ -19,6 +22,8 @@ import argparse
 import json
 import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,15 +64,17 @@ def main(argv=None) -> int:
     ap.add_argument('--train-conformed', type=Path,
                     help='conformed recipe cohort (training.conformed layout) beside its bids/ '
                          '(default: generate and conform it under --work/recipe)')
+    ap.add_argument('--real', action='store_true',
+                    help="also bench/real.py's removed-modality comparisons on the real scans")
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'contrast_augmentation.json')
     args = ap.parse_args(argv)
 
-    import sys
-
     sys.path.insert(0, str(HERE))
+    import real
     from quality import HELDOUT_SEED, _cohort
 
     from bids_synth.bids.clinical import load_clinical
+    from bids_synth.models.baseline import RegressionImputer
     from bids_synth.preprocessing.templates import ensure_templateflow_home, load_template
     from bids_synth.training.conformed import load_sessions
     from bids_synth.training.default_model import RECIPE
@@ -90,13 +97,9 @@ def main(argv=None) -> int:
     schema = load_clinical(bids).schema()
     modalities = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45', 'bold', 'dwi')
                   if any(m in s.images for s in train)]
-    from bids_synth.models.baseline import RegressionImputer
-
     result = {'benchmark': 'ridge contrast augmentation', 'copies': args.copies,
               'training': {'n_sessions': len(train), 'seed': RECIPE['seed']},
               'heldout': {'n_subjects': len(held), 'seed': HELDOUT_SEED}, 'fits': {}}
-    import tempfile
-
     for name, copies in (('plain', 0), ('augmented', args.copies)):
         t = time.monotonic()
         with tempfile.TemporaryDirectory() as tmp:
@@ -104,9 +107,17 @@ def main(argv=None) -> int:
                              clinical_schema=schema, out_dir=Path(tmp) / 'm', res=res,
                              seed=RECIPE['seed'], contrast_augmentation=copies)
             model = RegressionImputer.load(path)
-        seconds = round(time.monotonic() - t, 1)
-        result['fits'][name] = {'penalty': model.lam, 'fit_seconds_incl_clinical_head': seconds,
-                                'scores': _score(model, held, clean, shifted, mask, modalities)}
+            seconds = round(time.monotonic() - t, 1)
+            fit = {'penalty': model.lam, 'fit_seconds_incl_clinical_head': seconds,
+                   'scores': _score(model, held, clean, shifted, mask, modalities)}
+            if args.real and (real.REAL / 'bids').is_dir():
+                real.MODEL[0] = str(path)
+                removed = real.removed_comparisons(Path(tmp))
+                fit['real_removed'] = {
+                    k: {m: v[m] for m in ('pearson_r_synth', 'psnr_synth_db') if m in v}
+                    for k, v in removed.items() if k != 'run'}
+                fit['real_removed']['exit_code'] = removed['run']['exit_code']
+        result['fits'][name] = fit
     plain, aug = (result['fits'][k]['scores'] for k in ('plain', 'augmented'))
     result['augmented_minus_plain_db'] = {
         t: {k: round(aug[t][k] - plain[t][k], 2) for k in plain[t]} for t in plain}

@@ -65,6 +65,7 @@ def test_no_copies_is_the_plain_fit():
     a = _fit(train, 0)
     b = RegressionImputer.fit(train, mask=MASK, affine=AFFINE, clinical_schema={},
                               modalities=('T1w', 'T2w'), ridge=0.1,
-                              augment=lambda images, k: images, augment_copies=0)
+                              augment=lambda images, k: {m: 2 * v for m, v in images.items()},
+                              augment_copies=0)
     np.testing.assert_array_equal(a.zz, b.zz)
     np.testing.assert_array_equal(a.zy, b.zy)

@@ -557,19 +557,22 @@ def fit_tabular(imputer, sessions, schema: dict, res: int, *, seed: int = 0,
     from tqdm.auto import tqdm
 
     mods = list(imputer.modalities)
-    feats, rows, filled = [], [], {}
+    # each participant's first session: its row and images go to the generator (only those
+    # images are kept, not every session's)
+    first_key = {}
+    for s in sessions:
+        first_key[s.subject] = min(first_key.get(s.subject, s.session or ''), s.session or '')
+    feats, rows, first = [], [], {}
     for s in tqdm(sessions, desc='clinical head: image features', unit='session',
                   disable=not progress, leave=False):
         images, _ = filled_images(imputer, s)
         feats.append(image_features(images, tuple(mods), res))
         rows.append(dict(s.clinical))
-        filled[(s.subject, s.session or '')] = images
+        if (s.session or '') == first_key[s.subject]:
+            first[s.subject] = (dict(s.clinical), images)
+    first = {k: first[k] for k in sorted(first)}
     feats_a = np.stack(feats) if feats else np.zeros((0, 0))
     head = ClinicalHead.fit(rows, feats_a, schema, seed=seed)
-    first: dict[str, tuple] = {}
-    for key in sorted(filled):
-        s = next(x for x in sessions if (x.subject, x.session or '') == key)
-        first.setdefault(key[0], (dict(s.clinical), filled[key]))
     # p(images | row): the images of each participant's first session on its encoded row
     comp_mods = [m for m in mods if m in _GENERATED_IMAGES]
     components = None

@@ -142,13 +142,16 @@ def scalar_maps(elements: np.ndarray) -> dict[str, np.ndarray]:
 
     MD, AD and RD are in the tensors' unit; FA is 0-1 (0 where the tensor is zero).
     """
+    from dipy.reconst.dti import (
+        axial_diffusivity, fractional_anisotropy, mean_diffusivity, radial_diffusivity,
+    )
+
+    # dipy's definitions, on eigenvalues in decreasing order (as dipy's fits give them)
     w = np.linalg.eigvalsh(to_matrix(np.asarray(elements, dtype=np.float64)))[..., ::-1]
-    md = w.mean(-1)
-    num = np.sqrt(((w - md[..., None]) ** 2).sum(-1))
-    den = np.sqrt((w ** 2).sum(-1))
     with np.errstate(invalid='ignore', divide='ignore'):
-        fa = np.where(den > 0, np.sqrt(1.5) * num / den, 0.0)
-    return {'fa': np.clip(fa, 0, 1), 'md': md, 'ad': w[..., 0], 'rd': w[..., 1:].mean(-1)}
+        fa = np.nan_to_num(fractional_anisotropy(w))
+    return {'fa': np.clip(fa, 0, 1), 'md': mean_diffusivity(w), 'ad': axial_diffusivity(w),
+            'rd': radial_diffusivity(w)}
 
 
 def render(s0: np.ndarray, elements: np.ndarray, bvals: np.ndarray, dirs: np.ndarray
