@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(PY) bench/quality.py
 	$(PY) bench/clinical.py --train-dir /tmp/bids_synth-default --model bids_synth/data/default_model
 	$(PY) bench/contrast_augmentation.py
+	$(PY) bench/pds.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -99,6 +99,9 @@ class Workflow:
     contrast_augmentation: int = 0
     """Group level, regression: contrast-randomized copies of each session's inputs in the
     ridge's moments (0: none)."""
+    pds_refinement: bool = True
+    """Group level, regression: fit PDS's second stage for bold/dwi targets (tissue and
+    microstructure refinement, ``models.refinement``; ``--no-pds-refinement`` skips it)."""
     skull_strip: str = 'auto'
     """sMRI inputs: N4 + deepbet brain extraction when the skull is on (``auto``), always
     (``force``) or never (``skip``)."""

@@ -27,12 +27,18 @@ def participant_run(phantom6, group_regression, tmp_path_factory, digest):
             'before': before}
 
 
-def test_group_writes_model_and_report(group_regression):
+def test_group_writes_model_and_report(phantom6, group_regression):
     out, _ = group_regression
     card = json.loads((out / 'models' / 'regression' / 'model_card.json').read_text())
     assert card['method'] == 'regression' and card['template']['res'] == 4
     assert card['validation']['per_target'], 'held-out validation metrics missing'
     assert (out / 'group_regression.html').is_file()
+    # PDS stage 2 (tissue refinement) is fitted by default for bold/dwi targets
+    ref = card['refinement']
+    assert ref['tissue_refinement'] and not ref['microstructure_refinement']
+    for target in ('bold', 'dwi'):
+        n = sum(target not in miss for miss in phantom6.missing.values())
+        assert (f'{target}/src0_t1w0' in ref['tr']) == (n >= 4), (target, n, ref['tr'])
 
 
 def _output(out, sub, ses, mod, space=False, **extra):

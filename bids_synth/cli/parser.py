@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'session whose sMRI/PET inputs get another scanner\'s random contrasts '
                    '(robust to new scanners, a little worse on the training contrasts; '
                    'docs/model.md; default 0)')
+    g.add_argument('--no-pds-refinement', dest='pds_refinement', action='store_false',
+                   help='group level, regression: do not fit the second stage for bold and dwi '
+                   'targets (PDS tissue and microstructure refinement; docs/model.md)')
 
     g = parser.add_argument_group('execution')
     g.add_argument('-w', '--work-dir', type=Path, metavar='DIR',

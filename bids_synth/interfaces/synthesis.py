@@ -132,6 +132,8 @@ class _FitModelInputSpec(BaseInterfaceInputSpec):
     train_config = traits.Str('', usevalue=True, desc='preset name or JSON file of overrides')
     contrast_augmentation = traits.Int(0, usevalue=True,
                                        desc='regression: contrast-randomized input copies')
+    pds_refinement = traits.Bool(True, usevalue=True,
+                                 desc='regression: fit PDS stage 2 for bold/dwi targets')
     use_gpu = traits.Bool(False, usevalue=True)
     device = traits.Enum('auto', 'cpu', 'cuda', usevalue=True)
 
@@ -166,6 +168,7 @@ class FitModel(SimpleInterface):
             init_from=self.inputs.init_from or None,
             device=self.inputs.device,
             contrast_augmentation=self.inputs.contrast_augmentation,
+            pds_refinement=self.inputs.pds_refinement,
         )
         self._results['model_dir'] = str(model_dir)
         return runtime

@@ -13,6 +13,9 @@ What makes it serve any subset of inputs: the fit keeps the ridge *sufficient st
 every parcel (``Z'Z`` and ``Z'Y`` over all features), and prediction solves the system restricted
 to the features present in the session (available modalities, non-missing clinical values).
 Nothing is refitted per pattern.
+
+A model with bold or dwi may carry PDS's second stage (:mod:`.refinement`, tissue and
+microstructure refinement), applied to those targets after the ridge.
 """
 
 from __future__ import annotations
@@ -149,6 +152,8 @@ class RegressionImputer:
         self.clin_mean = clin_mean  # (K,) training mean of each clinical feature
         self._index = _channel_index(self.modalities)
         self._cache: dict = {}
+        #: PDS stage 2 for bold/dwi targets (:class:`.refinement.Refinement`), or None
+        self.refinement = None
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -285,7 +290,11 @@ class RegressionImputer:
             vol = np.zeros((n_ch,) + mask.shape, np.float32)
             vol[:, mask] = pred[pos:pos + n_ch]
             pos += n_ch
-            result[t] = Prediction(mean=vol, std=None, extra={'inputs_used': avail})
+            extra: dict = {'inputs_used': avail}
+            if self.refinement is not None and t in self.refinement.targets:
+                inputs = {m: session.images[m] for m in avail}
+                vol, extra['refinement'] = self.refinement.apply(t, vol, inputs, mask)
+            result[t] = Prediction(mean=vol, std=None, extra=extra)
         return result
 
     def _coefficients(self, keep: tuple[int, ...], out_idx: tuple[int, ...]) -> np.ndarray:
@@ -326,11 +335,12 @@ class RegressionImputer:
                               if k in self.info},
             'fitted': self.info['fitted'],
             **({'validation': self.info['validation']} if 'validation' in self.info else {}),
+            **({'refinement': self.refinement.card()} if self.refinement is not None else {}),
         }
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays that, with :meth:`card` plus ``info``, rebuild the model."""
-        return {
+        out = {
             'mu': self.mu,
             'labels': self.labels,
             'mask': self.mask.astype(np.uint8),
@@ -339,6 +349,9 @@ class RegressionImputer:
             'zy': self.zy,
             'clin_mean': self.clin_mean,
         }
+        if self.refinement is not None:
+            out.update(self.refinement.tensors())
+        return out
 
     def save(self, path: str | Path) -> Path:
         card = self.card()
@@ -355,8 +368,10 @@ class RegressionImputer:
     @classmethod
     def from_tensors(cls, tensors: dict, card: dict, where: object = 'model') -> RegressionImputer:
         """Rebuild from :meth:`tensors` and a card holding ``info`` (as :meth:`save` writes)."""
+        from .refinement import Refinement
+
         try:
-            return cls(
+            model = cls(
                 card['modalities'], tensors['mask'].astype(bool), tensors['affine'],
                 tensors['mu'], tensors['labels'], tensors['zz'], tensors['zy'],
                 card['clinical_schema'], card['architecture']['ridge'], card['info'],
@@ -364,3 +379,8 @@ class RegressionImputer:
             )
         except KeyError as exc:
             raise ModelError(f'{where}: regression model lacks {exc}') from None
+        try:
+            model.refinement = Refinement.from_tensors(tensors, card.get('refinement'))
+        except ModelError as exc:
+            raise ModelError(f'{where}: {exc}') from None
+        return model

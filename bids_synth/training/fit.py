@@ -67,11 +67,14 @@ def recipe(train_config='', train_steps=0):
 
 def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, seed=0,
               train_steps=0, train_config='', init_from=None, device='auto',
-              contrast_augmentation=0) -> Path:
+              contrast_augmentation=0, pds_refinement=True) -> Path:
     """Fit ``method`` on ``sessions`` and save it to ``out_dir``; return the model folder.
 
     ``contrast_augmentation`` (regression): contrast-randomized copies of each session's
     sMRI/PET inputs in the ridge's moments (:func:`.ridge.contrast_augmenter`).
+    ``pds_refinement`` (regression): fit PDS's second stage for bold/dwi targets
+    (:func:`bids_synth.models.refinement.fit_refinement`), for the validated model too, so the
+    validation scores what is shipped.
     """
     from ..preprocessing.templates import load_template
 
@@ -94,8 +97,10 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
         if val_sub:
             # penalty chosen on an inner split of the training subjects; the validation
             # subjects only score the result
-            model = fit_ridge([s for s in complete if s.subject in train_sub], seed=seed,
-                              augment_copies=contrast_augmentation, **kwargs)
+            train = [s for s in complete if s.subject in train_sub]
+            model = fit_ridge(train, seed=seed, augment_copies=contrast_augmentation, **kwargs)
+            if pds_refinement:
+                model.refinement = _refinement(model, train, template, seed)
             held_out = [s for s in complete if s.subject in val_sub]
             validation = validate_imputer(model, held_out, mask, model.modalities)
             validation.update(ridge=model.lam, ridge_selection=model.info['ridge_selection'],
@@ -107,6 +112,8 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
                           augment_copies=contrast_augmentation)
         model = RegressionImputer.fit(complete, **kwargs)
         model.info['validation'] = validation
+        if pds_refinement:
+            model.refinement = _refinement(model, complete, template, seed)
         path = model.save(out_dir)
         fit_clinical_head(model, sessions, clinical_schema, path, res=res, seed=seed)
         return path
@@ -125,6 +132,18 @@ def fit_model(sessions, *, method, modalities, clinical_schema, out_dir, res, se
 
     fit_clinical_head(load_imputer(path), sessions, clinical_schema, path, res=res, seed=seed)
     return path
+
+
+def _refinement(model, sessions, template, seed):
+    """PDS stage 2 of a fitted ridge (None without bold/dwi or with too few sessions)."""
+    from ..models.refinement import PDS_TARGETS, fit_refinement
+    from ..preprocessing.tissues import template_priors
+
+    if not any(t in model.modalities for t in PDS_TARGETS):
+        return None
+    LOGGER.info('fitting PDS refinement (tissue, microstructure) for %s',
+                ', '.join(t for t in PDS_TARGETS if t in model.modalities))
+    return fit_refinement(model, sessions, priors=template_priors(template), seed=seed)
 
 
 def fit_clinical_head(imputer, sessions, clinical_schema, model_dir, *, res, seed=0):

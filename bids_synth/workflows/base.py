@@ -402,6 +402,7 @@ def init_group_wf(config, inventories, clinical, *, method, modalities, res, mod
             seed=config.seeds.master, train_steps=config.workflow.train_steps,
             train_config=config.workflow.train_config,
             contrast_augmentation=config.workflow.contrast_augmentation,
+            pds_refinement=config.workflow.pds_refinement,
             use_gpu=method == 'diffusion' and resolve_device(config.workflow.device) == 'cuda',
             device=config.workflow.device,
         ),
