@@ -57,26 +57,23 @@ def _score(model, held, clean, shifted, mask, modalities):
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(HERE))
+    from quality import add_cohort_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--copies', type=int, default=2)
-    ap.add_argument('--work', type=Path, default=Path(os.environ.get('TMPDIR', '/tmp')) /
-                    'bids_synth_bench_quality', help="bench/quality.py's work folder")
-    ap.add_argument('--train-conformed', type=Path,
-                    help='conformed recipe cohort (training.conformed layout) beside its bids/ '
-                         '(default: generate and conform it under --work/recipe)')
+    add_cohort_arguments(ap)
     ap.add_argument('--real', action='store_true',
                     help="also bench/real.py's removed-modality comparisons on the real scans")
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'contrast_augmentation.json')
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(HERE))
     import real
-    from quality import HELDOUT_SEED, _cohort
+    from quality import HELDOUT_SEED, training_and_heldout
 
     from bids_synth.bids.clinical import load_clinical
     from bids_synth.models.baseline import RegressionImputer
     from bids_synth.preprocessing.templates import ensure_templateflow_home, load_template
-    from bids_synth.training.conformed import load_sessions
     from bids_synth.training.default_model import RECIPE
     from bids_synth.training.fit import fit_model
 
@@ -85,15 +82,9 @@ def main(argv=None) -> int:
     res = RECIPE['res']
     tpl = load_template(res)
     mask = tpl.mask.astype(bool)
-    if args.train_conformed:
-        bids = args.train_conformed.parent / 'bids'
-        train = load_sessions(bids, args.train_conformed)
-    else:
-        bids, train = _cohort(args.work, 'recipe', res, **RECIPE['phantom'])
-    common = dict(n_subjects=3, seed=HELDOUT_SEED, resolution=RECIPE['phantom']['resolution'])
-    _, held = _cohort(args.work, 'heldout', res, **common)
-    _, clean = _cohort(args.work, 'heldout_clean', res, clean=True, **common)
-    _, shifted = _cohort(args.work, 'heldout_shifted', res, shift_contrast=True, **common)
+    data = training_and_heldout(args.work, args.train_conformed, shifted=True)
+    bids, train, held, clean, shifted = (data[k] for k in ('bids', 'train', 'held', 'clean',
+                                                          'shifted'))
     schema = load_clinical(bids).schema()
     modalities = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45', 'bold', 'dwi')
                   if any(m in s.images for s in train)]

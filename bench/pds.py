@@ -157,24 +157,22 @@ def _downstream(cohort, models, tpl, mask, repeats=20):
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(HERE))
+    from quality import add_cohort_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--work', type=Path, default=Path(os.environ.get('TMPDIR', '/tmp')) /
-                    'bids_synth_bench_quality', help="bench/quality.py's work folder")
-    ap.add_argument('--train-conformed', type=Path,
-                    help='conformed recipe cohort (training.conformed layout) beside its bids/')
+    add_cohort_arguments(ap)
     ap.add_argument('--heldout-subjects', type=int, default=3)
     ap.add_argument('--dx-subjects', type=int, default=36)
     ap.add_argument('--out', type=Path, default=HERE / 'results' / 'pds.json')
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(HERE))
-    from quality import HELDOUT_SEED, _cohort
+    from quality import HELDOUT_SEED, _cohort, training_and_heldout
 
     from bids_synth.bids.clinical import load_clinical
     from bids_synth.models.refinement import fit_refinement
     from bids_synth.preprocessing.templates import ensure_templateflow_home, load_template
     from bids_synth.preprocessing.tissues import template_priors
-    from bids_synth.training.conformed import load_sessions
     from bids_synth.training.default_model import RECIPE
     from bids_synth.training.ridge import fit_ridge
 
@@ -184,16 +182,8 @@ def main(argv=None) -> int:
     tpl = load_template(res)
     mask = tpl.mask.astype(bool)
     wm = (np.asarray(tpl.wm) > 0.6) & mask
-    if args.train_conformed:
-        bids = args.train_conformed.parent / 'bids'
-        train = load_sessions(bids, args.train_conformed)
-    else:
-        bids, train = _cohort(args.work, 'recipe', res, **RECIPE['phantom'])
-    name = 'heldout' if args.heldout_subjects == 3 else f'heldout{args.heldout_subjects}'
-    common = dict(n_subjects=args.heldout_subjects, seed=HELDOUT_SEED,
-                  resolution=RECIPE['phantom']['resolution'])
-    _, held = _cohort(args.work, name, res, **common)
-    _, clean = _cohort(args.work, name + '_clean', res, clean=True, **common)
+    data = training_and_heldout(args.work, args.train_conformed, args.heldout_subjects)
+    bids, train, held, clean = data['bids'], data['train'], data['held'], data['clean']
     schema = load_clinical(bids).schema()
     modalities = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45', 'bold', 'dwi')
                   if any(m in s.images for s in train)]

@@ -98,6 +98,39 @@ def _cohort(work: Path, name: str, res: int, **kwargs):
     return bids, load_sessions(bids, dest)
 
 
+def add_cohort_arguments(ap) -> None:
+    """``--work`` and ``--train-conformed``, for the benchmarks that reuse this one's cohorts."""
+    ap.add_argument('--work', type=Path, default=Path(os.environ.get('TMPDIR', '/tmp')) /
+                    'bids_synth_bench_quality', help="bench/quality.py's work folder")
+    ap.add_argument('--train-conformed', type=Path,
+                    help='conformed recipe cohort (training.conformed layout) beside its bids/ '
+                         '(default: generate and conform it under --work/recipe)')
+
+
+def training_and_heldout(work: Path, train_conformed: Path | None = None, n_heldout: int = 3,
+                         shifted: bool = False) -> dict:
+    """The embedded default's recipe cohort (``train_conformed``, a conformed copy beside its
+    ``bids/``, or generated and conformed under ``work/recipe``) and this benchmark's held-out
+    cohorts (seed 9090): ``bids``, ``train``, ``held``, ``clean``, and ``shifted`` if asked."""
+    from bids_synth.training.conformed import load_sessions
+    from bids_synth.training.default_model import RECIPE
+
+    res = RECIPE['res']
+    if train_conformed:
+        bids = Path(train_conformed).parent / 'bids'
+        train = load_sessions(bids, train_conformed)
+    else:
+        bids, train = _cohort(work, 'recipe', res, **RECIPE['phantom'])
+    name = 'heldout' if n_heldout == 3 else f'heldout{n_heldout}'
+    common = dict(n_subjects=n_heldout, seed=HELDOUT_SEED,
+                  resolution=RECIPE['phantom']['resolution'])
+    out = {'bids': bids, 'train': train, 'held': _cohort(work, name, res, **common)[1],
+           'clean': _cohort(work, name + '_clean', res, clean=True, **common)[1]}
+    if shifted:
+        out['shifted'] = _cohort(work, name + '_shifted', res, shift_contrast=True, **common)[1]
+    return out
+
+
 def _same_subjects(a, b, what):
     if [(s.subject, s.session) for s in a] != [(s.subject, s.session) for s in b]:
         raise SystemExit(f'the held-out cohorts differ ({what})')

@@ -276,6 +276,9 @@ def test_bold_only_session_gets_dwi_outputs(cross_run):
         assert side['bids_synth']['gradient_scheme']['Source'] == 'file'
         assert side['bids_synth']['gradient_scheme']['Origin'].startswith(str(root / 'table'))
         assert side['bids_synth']['inputs_used'] == ['bold']
+        ref = side['bids_synth']['refinement']  # PDS stage 2 of the embedded default
+        assert ref['applied'] and ref['context'] == 'src1_t1w0'
+        assert ref['tissue_maps'] == 'template' and ref['tissue_refinement']
         img = nib.load(series)
         assert img.shape[-1] == 13
         fa = _output(out, '001', None, 'dwi', space, entities='model-tensor_param-fa',

@@ -141,7 +141,7 @@ def _refinement(model, sessions, template, seed):
 
     if not any(t in model.modalities for t in PDS_TARGETS):
         return None
-    LOGGER.info('fitting PDS refinement (tissue, microstructure) for %s',
+    LOGGER.info('fitting PDS stage 2 (tissue refinement, pattern weights) for %s',
                 ', '.join(t for t in PDS_TARGETS if t in model.modalities))
     return fit_refinement(model, sessions, priors=template_priors(template), seed=seed)
 
