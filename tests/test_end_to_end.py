@@ -33,12 +33,12 @@ def test_group_writes_model_and_report(phantom6, group_regression):
     assert card['method'] == 'regression' and card['template']['res'] == 4
     assert card['validation']['per_target'], 'held-out validation metrics missing'
     assert (out / 'group_regression.html').is_file()
-    # PDS stage 2 (tissue refinement) is fitted by default for bold/dwi targets
-    ref = card['refinement']
-    assert ref['tissue_refinement'] and not ref['microstructure_refinement']
-    for target in ('bold', 'dwi'):
-        n = sum(target not in miss for miss in phantom6.missing.values())
-        assert (f'{target}/src0_t1w0' in ref['tr']) == (n >= 4), (target, n, ref['tr'])
+    # PDS stage 2 needs MIN_SESSIONS training sessions per input context: 6 subjects are too
+    # few (with 4 it over-corrected), so this model has none (tests/test_refinement.py fits one)
+    from bids_synth.models.refinement import MIN_SESSIONS
+
+    n = max(sum(t not in miss for miss in phantom6.missing.values()) for t in ('bold', 'dwi'))
+    assert n < MIN_SESSIONS and 'refinement' not in card
 
 
 def _output(out, sub, ses, mod, space=False, **extra):

@@ -79,6 +79,12 @@ def fitted():
     return ridge, refined, mask
 
 
+def test_too_few_sessions_fit_no_refinement(fitted):
+    ridge, _, mask = fitted
+    train, _, priors = _cohort(6, seed=3)
+    assert fit_refinement(ridge, train, priors=priors) is None  # nothing cross-fitted either
+
+
 def test_tissue_maps_segment_the_t1w_deterministically():
     priors, mask = _priors()
     csf, gm, wm = priors

@@ -65,6 +65,10 @@ N_TR = 15
 #: accuracy (bench/pds.py); on the other channels it gains without either cost
 TR_SKIP: tuple[str, ...] = TENSOR_CHANNELS + ('fa', 'md')
 FA_MAX = 0.95
+#: training sessions an input context needs: with fewer, the cross-fitted ridges (fitted on
+#: 3/4 of them) are much worse than the final one and TR over-corrects it (a 6-subject fit
+#: cost one bold 1.8 dB against the cohort mean)
+MIN_SESSIONS = 10
 
 
 def context(inputs: Sequence[str], target: str) -> str:
@@ -302,13 +306,14 @@ class Refinement:
 def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarray,
                    seed: int = 0, folds: int = 4, tissue: bool = True,
                    microstructure: bool = False, pattern: bool = True,
-                   min_sessions: int = 4) -> Refinement | None:
+                   min_sessions: int = MIN_SESSIONS) -> Refinement | None:
     """Fit PDS stage 2 on cross-fitted predictions of the ridge ``model`` (module docstring).
 
     ``tissue``, ``microstructure``, ``pattern``: the three parts. MR is off by default (what
     ``group`` fits): it showed no PSNR, FA or MD gain and cost the downstream test accuracy
-    (bench/pds.py, docs/pds.md). Returns None when the model has neither bold nor dwi, or too
-    few sessions for any context.
+    (bench/pds.py, docs/pds.md). A context is fitted from ``min_sessions`` training sessions
+    that have its inputs and the target; returns None when the model has neither bold nor dwi,
+    or no context has that many (then nothing is cross-fitted).
     """
     from ..training.ridge import cross_fit
     from .patterns import diagnosis_column, pattern_weights
@@ -317,6 +322,13 @@ def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarr
     if not targets or not (tissue or microstructure):
         return None
     mask = np.asarray(model.mask, bool)
+    counts = {f'{t}/{ctx}': sum(t in s.images and all(m in s.images for m in
+                                                     _context_inputs(ctx, t)) for s in sessions)
+              for t in targets for ctx in CONTEXTS}
+    if max(counts.values()) < min_sessions:
+        LOG.warning('PDS refinement not fitted: fewer than %d training sessions for every input '
+                    'context (%s)', min_sessions, counts)
+        return None
     fits = cross_fit(list(sessions), model, mask=mask, affine=model.affine, folds=folds,
                      seed=seed)
     dx = diagnosis_column(model.schema)
@@ -332,7 +344,6 @@ def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarr
 
     tr_coef: dict[str, np.ndarray] = {}
     mr_coef: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
     for target in targets:
         rows = [i for i, s in enumerate(sessions) if target in s.images]
         if pattern:
@@ -345,7 +356,6 @@ def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarr
         for ctx in CONTEXTS:
             need = _context_inputs(ctx, target)
             use = [i for i in rows if all(m in sessions[i].images for m in need)]
-            counts[f'{target}/{ctx}'] = len(use)
             if len(use) < min_sessions:
                 continue
             preds, inputs_of = [], []
