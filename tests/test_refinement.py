@@ -62,7 +62,8 @@ def _cohort(n, seed):
         out.append(SessionArrays(f'{s:02d}', None,
                                  {'T1w': t1[None].astype(np.float32),
                                   'bold': bold.astype(np.float32), 'dwi': dwi.astype(np.float32)},
-                                 {'age': float(rng.normal(70, 8)), 'diagnosis': 'AD' if ad else 'CN'}))
+                                 {'age': float(rng.normal(70, 8)),
+                                  'diagnosis': 'AD' if ad else 'CN'}))
     return out, mask, priors
 
 

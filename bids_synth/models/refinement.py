@@ -8,8 +8,9 @@ saw its subject, :func:`bids_synth.training.ridge.cross_fit`), so it learns to c
 ridge as it behaves on new subjects.
 
 **TR**, per channel ``c`` of a bold target and per b0 / gradient-segment channel of a dwi
-target (:data:`TR_SKIP`: the tensor and FA/MD channels stay the ridge's), is a linear model shared by all voxels of
-all subjects (15 coefficients, so a few dozen sessions fit it) on the features
+target (:data:`TR_SKIP`: the tensor and FA/MD channels stay the ridge's), is a linear model
+shared by all voxels of all subjects (15 coefficients, so a few dozen sessions fit it) on the
+features
 
     p_c, l_c, t_k, p_c t_k, s t_k, l_c t_k, 1          (k = CSF, GM, WM)
 
@@ -18,8 +19,8 @@ smoothing), ``t_k`` the tissue probabilities (:mod:`bids_synth.preprocessing.tis
 session's T1w segmented with template priors, else the template's) and ``s`` the first channel
 of the source modality (bold's first segment mean for a dwi target, dwi's b0 for bold; 0 when
 absent). The ridge is linear in its inputs; TR adds what is not (a tissue-dependent
-contrast, a partial-volume boundary). It is fitted by iteratively reweighted least squares of the loss
-``MSE + L1`` (:data:`L1_WEIGHT`) with the voxel weights of :mod:`.patterns`. One fit per
+contrast, a partial-volume boundary). It is fitted by iteratively reweighted least squares of
+the loss ``MSE + L1`` (:data:`L1_WEIGHT`) with the voxel weights of :mod:`.patterns`. One fit per
 *context*, i.e. whether the source modality and a T1w are among the inputs.
 
 **MR** (dwi) makes the tensor, the FA/MD channels and the gradient-segment channels agree.
@@ -27,9 +28,9 @@ The tensor's FA and MD, the FA and MD channels and the MD implied by the segment
 (``-ln(mean seg / b0)``, put on the MD scale by a least-squares factor) are blended with
 weights that sum to one and no intercept, fitted by least squares to the training sessions'
 own tensors; the predicted tensor's eigenvalues are then moved (eigenvectors kept) so that its
-FA and MD are the blended ones, and the FA/MD channels are set to them. Every written map (FA, MD, AD, RD, the
-tensor, the rendered series) then tells one story. MR is off in ``group``: it gained nothing
-measurable and cost the downstream classification.
+FA and MD are the blended ones, and the FA/MD channels are set to them. Every written map
+(FA, MD, AD, RD, the tensor, the rendered series) then tells one story. MR is off in
+``group``: it gained nothing measurable and cost the downstream classification.
 
 ``bench/pds.py`` measures what each part (TR, MR, the pattern weights) adds (docs/pds.md).
 """
@@ -60,9 +61,11 @@ L1_WEIGHT = 0.1
 #: ridge penalty of the TR/MR fits, relative to each feature's weighted mean square
 PENALTY = 1e-4
 N_TR = 15
+#: TR coefficients that leave a channel as the ridge predicted it
+IDENTITY = np.eye(N_TR)[0]
 #: channels TR leaves to the ridge (and MR): refitting the tensor and its FA/MD, pooled over
 #: subjects, raised the WM MD error (3.0% -> 3.8%) and lowered the downstream CN/MCI/AD
-#: accuracy (bench/pds.py); on the other channels it gains without either cost
+#: accuracy (an earlier run of bench/pds.py, docs/pds.md); elsewhere it gains without either
 TR_SKIP: tuple[str, ...] = TENSOR_CHANNELS + ('fa', 'md')
 FA_MAX = 0.95
 #: training sessions an input context needs: with fewer, the cross-fitted ridges (fitted on
@@ -146,9 +149,10 @@ def _eig(pred: np.ndarray, mask: np.ndarray):
 
 
 def _fa_md(lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    md = lam.mean(1)
-    fa = np.sqrt(1.5 * ((lam - md[:, None]) ** 2).sum(1) / np.maximum((lam ** 2).sum(1), 1e-12))
-    return fa, md
+    """FA and MD of eigenvalues (V, 3), dipy's definitions."""
+    from dipy.reconst.dti import fractional_anisotropy, mean_diffusivity
+
+    return fractional_anisotropy(lam), mean_diffusivity(lam)
 
 
 def microstructure_estimates(pred: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -241,7 +245,7 @@ class Refinement:
     def __init__(self, tr: dict[str, np.ndarray], mr: dict[str, np.ndarray],
                  priors: np.ndarray, info: dict):
         self.tr = tr  # 'target/context' -> (C, N_TR)
-        self.mr = mr  # 'context/fa' -> (3,), 'context/md' -> (4,)
+        self.mr = mr  # 'context/fa', 'context/md' -> weights then scales (:func:`blend`)
         self.priors = priors  # (3, X, Y, Z) template tissue maps
         self.info = info
 
@@ -266,8 +270,9 @@ class Refinement:
             tis, src = tissue_maps(None if t1 is None else t1[0], self.priors, mask)
             s = inputs.get(SOURCE[target])
             for c in range(pred.shape[0]):
-                x = tr_features(pred[c], tis, None if s is None else s[0], mask)
-                out[c][mask] = (x @ tr[c]).astype(np.float32)
+                if not np.array_equal(tr[c], IDENTITY):
+                    x = tr_features(pred[c], tis, None if s is None else s[0], mask)
+                    out[c][mask] = (x @ tr[c]).astype(np.float32)
             record.update(tissue_refinement=True, tissue_maps=src)
         if target == 'dwi' and mr_fa is not None:
             fa_f, md_f = microstructure_estimates(out, mask)
@@ -367,12 +372,10 @@ def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarr
                 inputs_of.append(inp)
             n_ch = preds[0].shape[0]
             if tissue:
-                coef = np.zeros((n_ch, N_TR))
-                coef[:, 0] = 1.0  # identity: channels TR leaves alone
+                coef = np.tile(IDENTITY, (n_ch, 1))
                 names = MODALITIES[target].channels
-                for c in range(n_ch):
-                    if names[c] in TR_SKIP:
-                        continue
+                refit = [c for c in range(n_ch) if names[c] not in TR_SKIP]
+                for c in refit:
                     blocks = []
                     for i, p, inp in zip(use, preds, inputs_of):
                         src = inp.get(SOURCE[target])
@@ -386,7 +389,7 @@ def fit_refinement(model, sessions: Sequence[SessionArrays], *, priors: np.ndarr
                 for i, p, inp in zip(use, preds, inputs_of):
                     q = p.copy()
                     src = inp.get(SOURCE[target])
-                    for c in range(n_ch):
+                    for c in refit:
                         q[c][mask] = tr_features(p[c], tissues_of(i, inp),
                                                  None if src is None else src[0], mask) @ coef[c]
                     refined.append(q)
