@@ -11,7 +11,9 @@ participant level's conform function.
    - the training column mean / mode,
    - scikit-learn ``IterativeImputer`` on the table alone (categorical columns ordinal coded),
    - the tabular head without images (an ablation),
-   - the tabular head with the image features (what ``participant`` does).
+   - the tabular head with the image features (what ``participant`` does);
+   with the paired per-subject difference of the last to each of the others and its standard
+   error (``head_with_images_minus``).
 2. **Tabular fidelity of synthetic rows**: sdmetrics ``QualityReport`` (column shapes,
    column-pair trends) of rows drawn from the model's Gaussian copula, CTGAN and TVAE (PyPI
    ``ctgan``), all fitted to the same training table, scored on complete rows against 500
@@ -166,9 +168,19 @@ def _imputation(train_sessions, test_sessions, truth, tab, imputer):
                     scores[col][name].append(abs(float(p) - float(value)))
                 else:
                     scores[col][name].append(float(str(p) == str(value)))
-    return {col: {'metric': kind, 'n': len(scores[col]['mean_or_mode']),
-                  **{m: round(float(np.mean(v)), 4) for m, v in scores[col].items()}}
-            for col, kind in targets.items()}
+    out = {}
+    for col, kind in targets.items():
+        out[col] = {'metric': kind, 'n': len(scores[col]['mean_or_mode']),
+                    **{m: round(float(np.mean(v)), 4) for m, v in scores[col].items()}}
+        # paired per-subject differences (head with images minus each baseline) and their
+        # standard error: with n = 24, a difference inside about 2 SE is not a result
+        mine = np.asarray(scores[col]['head_with_images'])
+        out[col]['head_with_images_minus'] = {
+            m: {'mean': round(float(np.mean(mine - np.asarray(v))), 4),
+                'se': round(float(np.std(mine - np.asarray(v), ddof=1)
+                                  / np.sqrt(len(v))), 4)}
+            for m, v in scores[col].items() if m != 'head_with_images'}
+    return out
 
 
 # ------------------------------------------------------------------------ tabular fidelity

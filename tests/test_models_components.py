@@ -91,12 +91,16 @@ def test_highpass_features_keep_fine_detail_and_equalize():
     assert pooled_frequency_features(x, 4).shape == (1, 1, 4, 4, 4)
 
 
-def test_fusion_weights_follow_availability():
+def _fusion_inputs(n: int):
+    """A seeded fusion module and random coefficient / frequency inputs for ``n`` sessions."""
     torch.manual_seed(0)
     s = spec()
-    fusion = AdaptiveFusion(s)
-    coefs = torch.randn(3, s.coef_channels_total, 6, 7, 6)
-    freq = torch.rand(3, s.total_channels, 6, 7, 6)
+    return (s, AdaptiveFusion(s), torch.randn(n, s.coef_channels_total, 6, 7, 6),
+            torch.rand(n, s.total_channels, 6, 7, 6))
+
+
+def test_fusion_weights_follow_availability():
+    s, fusion, coefs, freq = _fusion_inputs(3)
     avail = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
     out = fusion(coefs, freq, avail)
     w = out['weights']
@@ -112,11 +116,7 @@ def test_fusion_weights_follow_availability():
 
 
 def test_masked_pretraining_loss_is_zero_for_the_full_set_and_trainable():
-    torch.manual_seed(0)
-    s = spec()
-    fusion = AdaptiveFusion(s)
-    coefs = torch.randn(4, s.coef_channels_total, 6, 7, 6)
-    freq = torch.rand(4, s.total_channels, 6, 7, 6)
+    _, fusion, coefs, freq = _fusion_inputs(4)
     present = torch.ones(4, 3, dtype=torch.bool)
     masked = torch.tensor([[True, False, False], [False, True, False], [False, False, True],
                            [True, True, False]])
