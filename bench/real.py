@@ -271,6 +271,8 @@ def t1w_mask_mosaic(work: Path, mosaic: Path) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', type=Path, default=ROOT / 'bench/results/real.json')
+    parser.add_argument('--machine-note', default='',
+                        help="what else ran on the machine, for the JSON (e.g. 'contended')")
     parser.add_argument('--keep', type=Path, help='keep the temporary folder here')
     parser.add_argument('--model', default='default',
                         help='model of the participant runs (default: the embedded default)')
@@ -284,8 +286,9 @@ def main(argv=None) -> int:
     os.environ.setdefault('NIPYPE_NO_ET', '1')
     tmp = Path(args.keep or tempfile.mkdtemp(prefix='bids_synth_real_'))
     t0 = time.perf_counter()
-    machine = (f'{platform.machine()}, {os.cpu_count()} cores, CPU only; niced, shared with '
-               'other jobs (contended)')
+    machine = f'{platform.machine()}, {os.cpu_count()} cores, CPU only'
+    if args.machine_note:
+        machine += f'; {args.machine_note}'
     result = {'machine': machine, 'model': args.model}
     if args.removed_only:
         result['removed'] = removed_comparisons(tmp)
