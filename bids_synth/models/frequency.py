@@ -31,7 +31,12 @@ def highpass_mask(shape: tuple[int, int, int], cutoff: float, device=None) -> to
 def _equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalization of each (B, C) volume: its empirical CDF, in [0, 1]."""
     flat = x.flatten(2)
-    ranks = flat.argsort(dim=-1).argsort(dim=-1).float()
+    order = flat.argsort(dim=-1)
+    # each element's rank: the inverse permutation of the sort, by one scatter instead of a
+    # second sort (the same values as ``order.argsort()``, at about half the cost)
+    steps = torch.arange(flat.shape[-1], device=x.device, dtype=torch.float32)
+    ranks = torch.empty(flat.shape, device=x.device).scatter_(
+        -1, order, steps.expand(flat.shape).contiguous())
     return (ranks / max(flat.shape[-1] - 1, 1)).reshape(x.shape)
 
 

@@ -36,6 +36,8 @@ class TrainConfig:
     calib_max_sessions : at most this many validation sessions calibrate the gates, the std
         scale and the typicality reference (:mod:`.calibration`); 0 skips the calibration.
     gate_margin : dB a gate may cost on standard-contrast validation inputs against the ridge.
+    residual_batches : training batches that estimate the mean network's residual map (half)
+        and the residual scales (the other half) before the flow stage.
     checkpoint_every : steps between resumable training-state checkpoints.
     grad_clip : maximum gradient norm (``clip_grad_norm_``) in every stage.
     threads : torch threads on CPU (0: leave torch's default).
@@ -61,6 +63,7 @@ class TrainConfig:
     val_max_sessions: int = 2
     calib_max_sessions: int = 4
     gate_margin: float = 0.05
+    residual_batches: int = 32
     checkpoint_every: int = 50
     grad_clip: float = 1.0
     threads: int = 2
@@ -91,7 +94,8 @@ PRESETS: dict[str, TrainConfig] = {
                'num_head_channels': 8, 'context_dim': 8, 'fusion_dim': 4, 'norm_num_groups': 4,
                'steps': 2, 'num_samples': 2, 'flow_precond': True},
         ssl_steps=2, mean_steps=6, flow_steps=4, batch_size=2, ridge_folds=2,
-        val_max_sessions=1, calib_max_sessions=1, checkpoint_every=2, threads=1,
+        val_max_sessions=1, calib_max_sessions=1, residual_batches=8, checkpoint_every=2,
+        threads=1,
     ),
 }
 

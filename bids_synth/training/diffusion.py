@@ -72,8 +72,6 @@ LOG = logging.getLogger('bids_synth.training.diffusion')
 STAGES = ('ssl', 'mean', 'flow')
 #: consecutive non-finite training steps that stop a run
 MAX_BAD_STEPS = 10
-#: training batches that estimate the residual map and scales
-RESIDUAL_BATCHES = 32
 
 
 def _load_base(init_from: str | Path, mods: tuple[str, ...], res: int) -> DiffusionImputer:
@@ -111,11 +109,11 @@ def _set_spec(net, model, spec: ModelSpec) -> None:
 
 @torch.no_grad()
 def _residual_statistics(net, spec: ModelSpec, mask: np.ndarray, batch_of, mean_forward,
-                         meta: dict) -> None:
+                         meta: dict, n_batches: int = 32) -> None:
     """The residual map (``net.resid_map``) and the per coefficient channel scales
     (``meta['residual_scale']``) of the mean network's residual of hidden modalities.
 
-    Two passes over ``RESIDUAL_BATCHES`` training batches: the first gives the map (per image
+    Two passes over half of ``n_batches`` training batches each: the first gives the map (per image
     channel on the coarse grid, the mean over its sub-bands of each one's energy relative to its
     mean square; mean square 1 in the brain, floored at a tenth of its median, and the median
     outside the brain so that the interpolation to the coefficient grid does not shrink it at
@@ -127,7 +125,7 @@ def _residual_statistics(net, spec: ModelSpec, mask: np.ndarray, batch_of, mean_
     w, sb = spec.coef_channels_total, spec.subbands
     sq, cnt = torch.zeros(w), torch.zeros(w)
     energy = torch.zeros(w, *gmask.shape)
-    half = RESIDUAL_BATCHES // 2
+    half = max(1, n_batches // 2)
     for k in range(half):
         b = batch_of(k)
         r2 = ((mean_forward(b, 0.0) - b['target']) ** 2).cpu()  # (B, W, x, y, z)
@@ -149,7 +147,7 @@ def _residual_statistics(net, spec: ModelSpec, mask: np.ndarray, batch_of, mean_
         maps[c] = torch.where(gmask, mc.clamp(min=0.1 * med), torch.full_like(mc, med))
     net.resid_map.copy_(maps.to(net.resid_map.device))
     sq, cnt = torch.zeros(w), torch.zeros(w)
-    for k in range(half, RESIDUAL_BATCHES):
+    for k in range(half, 2 * half):
         b = batch_of(k)
         r = mean_forward(b, 0.0) - b['target']
         r2 = (r / net.residual_map(r)).pow(2).cpu()
@@ -398,7 +396,8 @@ def train_diffusion(
     else:
         state_tensors = None
     if not meta.get('residual_scale'):
-        _residual_statistics(net, spec, mask, lambda k: batch('scale', k), mean_forward, meta)
+        _residual_statistics(net, spec, mask, lambda k: batch('scale', k), mean_forward, meta,
+                             cfg.residual_batches)
     net.spec = net.mean.spec = net.flow.spec = spec = spec.with_(
         residual_scale=tuple(meta['residual_scale']))
     model.spec = spec
