@@ -175,11 +175,12 @@ def _imputation(train_sessions, test_sessions, truth, tab, imputer):
         # paired per-subject differences (head with images minus each baseline) and their
         # standard error: with n = 24, a difference inside about 2 SE is not a result
         mine = np.asarray(scores[col]['head_with_images'])
+        diffs = {m: mine - np.asarray(v) for m, v in scores[col].items()
+                 if m != 'head_with_images'}
         out[col]['head_with_images_minus'] = {
-            m: {'mean': round(float(np.mean(mine - np.asarray(v))), 4),
-                'se': round(float(np.std(mine - np.asarray(v), ddof=1)
-                                  / np.sqrt(len(v))), 4)}
-            for m, v in scores[col].items() if m != 'head_with_images'}
+            m: {'mean': round(float(d.mean()), 4),
+                'se': round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)}
+            for m, d in diffs.items()}
     return out
 
 

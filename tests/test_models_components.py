@@ -8,7 +8,8 @@ import torch
 from bids_synth.models.conditioning import ClinicalEncoder, clinical_batch, validate_schema
 from bids_synth.models.config import ModelSpec
 from bids_synth.models.consistency import BiomarkerLoss
-from bids_synth.models.frequency import highpass_features, pooled_frequency_features
+from bids_synth.models.frequency import (_equalize, highpass_features,
+                                         pooled_frequency_features)
 from bids_synth.models.fusion import AdaptiveFusion, masked_consistency_loss
 from bids_synth.models.mean_network import MeanNetwork
 from bids_synth.models.residual_flow import ResidualFlow
@@ -86,6 +87,12 @@ def test_highpass_features_keep_fine_detail_and_equalize():
     f = highpass_features(x, 0.25)
     assert 0 <= float(f.min()) and float(f.max()) <= 1
     assert float(f.mean()) == pytest.approx(0.5, abs=1e-3)  # equalized: uniform ranks
+    # each voxel gets its own rank: the values are exactly 0, 1/(n-1), ..., 1
+    torch.testing.assert_close(f.flatten().sort().values, torch.linspace(0, 1, f.numel()))
+    # per volume, in the order of the values (distinct values: the rank is unique)
+    v = torch.rand(2, 3, 5, 6, 7)
+    ranks = v.flatten(2).argsort(-1).argsort(-1).float() / (5 * 6 * 7 - 1)
+    torch.testing.assert_close(_equalize(v), ranks.reshape(v.shape), rtol=0, atol=0)
     # the fine checkerboard half ranks above the smooth half, whose low frequency is removed
     assert float(f[..., 9:15].mean()) > 0.7 > 0.3 > float(f[..., 1:7].mean())
     assert pooled_frequency_features(x, 4).shape == (1, 1, 4, 4, 4)

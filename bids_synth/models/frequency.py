@@ -32,11 +32,9 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     """Histogram equalization of each (B, C) volume: its empirical CDF, in [0, 1]."""
     flat = x.flatten(2)
     order = flat.argsort(dim=-1)
-    # each element's rank: the inverse permutation of the sort, by one scatter instead of a
-    # second sort (the same values as ``order.argsort()``, at about half the cost)
+    # each element's rank is the inverse permutation of the sort: one scatter, not a second sort
     steps = torch.arange(flat.shape[-1], device=x.device, dtype=torch.float32)
-    ranks = torch.empty(flat.shape, device=x.device).scatter_(
-        -1, order, steps.expand(flat.shape).contiguous())
+    ranks = torch.empty_like(flat, dtype=torch.float32).scatter_(-1, order, steps.expand_as(order))
     return (ranks / max(flat.shape[-1] - 1, 1)).reshape(x.shape)
 
 

@@ -109,11 +109,11 @@ def _set_spec(net, model, spec: ModelSpec) -> None:
 
 @torch.no_grad()
 def _residual_statistics(net, spec: ModelSpec, mask: np.ndarray, batch_of, mean_forward,
-                         meta: dict, n_batches: int = 32) -> None:
+                         meta: dict, n_batches: int) -> None:
     """The residual map (``net.resid_map``) and the per coefficient channel scales
     (``meta['residual_scale']``) of the mean network's residual of hidden modalities.
 
-    Two passes over half of ``n_batches`` training batches each: the first gives the map (per image
+    Two passes of ``n_batches // 2`` training batches: the first gives the map (per image
     channel on the coarse grid, the mean over its sub-bands of each one's energy relative to its
     mean square; mean square 1 in the brain, floored at a tenth of its median, and the median
     outside the brain so that the interpolation to the coefficient grid does not shrink it at
