@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     res = RECIPE['res']
     tpl = load_template(res)
     mask = tpl.mask.astype(bool)
-    data = training_and_heldout(args.work, args.train_conformed, shifted=True)
+    data = training_and_heldout(args.work, args.train_conformed, shifted=True,
+                                recipe_subjects=args.recipe_subjects)
     bids, train, held, clean, shifted = (data[k] for k in ('bids', 'train', 'held', 'clean',
                                                           'shifted'))
     schema = load_clinical(bids).schema()

@@ -23,6 +23,9 @@ and with half of the subjects' dwi synthesized from their bold and T1w and the c
 without the diagnosis (which would leak the label); median over random halves.
 
     python bench/pds.py [--heldout-subjects 3] [--dx-subjects 36]
+    python bench/pds.py --recipe-subjects 48 --out bench/results/pds_recipe48.json
+
+(the second: the same recipe with twice the training subjects, to see what data alone buys)
 
 Prints and writes ``bench/results/pds.json``.
 """
@@ -187,7 +190,8 @@ def main(argv=None) -> int:
     tpl = load_template(res)
     mask = tpl.mask.astype(bool)
     wm = (np.asarray(tpl.wm) > 0.6) & mask
-    data = training_and_heldout(args.work, args.train_conformed, args.heldout_subjects)
+    data = training_and_heldout(args.work, args.train_conformed, args.heldout_subjects,
+                                recipe_subjects=args.recipe_subjects)
     bids, train, held, clean = data['bids'], data['train'], data['held'], data['clean']
     schema = load_clinical(bids).schema()
     modalities = [m for m in ('T1w', 'T2w', 'FLAIR', 'FDG', 'AV45', 'bold', 'dwi')
@@ -197,7 +201,8 @@ def main(argv=None) -> int:
     ridge = fit_ridge(train, mask=mask, affine=np.asarray(tpl.affine), clinical_schema=schema,
                       modalities=modalities, seed=RECIPE['seed'])
     result = {'benchmark': 'PDS refinement (issue 10)',
-              'training': {'n_sessions': len(train), 'seed': RECIPE['phantom']['seed'],
+              'training': {'n_subjects': len({s.subject for s in train}),
+                           'n_sessions': len(train), 'seed': RECIPE['phantom']['seed'],
                            'penalty': ridge.lam, 'ridge_fit_seconds':
                                round(time.monotonic() - t, 1)},
               'heldout': {'n_subjects': len(held), 'seed': HELDOUT_SEED},

@@ -105,18 +105,28 @@ def add_cohort_arguments(ap) -> None:
     ap.add_argument('--train-conformed', type=Path,
                     help='conformed recipe cohort (training.conformed layout) beside its bids/ '
                          '(default: generate and conform it under --work/recipe)')
+    ap.add_argument('--recipe-subjects', type=int, default=None, metavar='N',
+                    help="the recipe cohort with N subjects instead of the embedded default's "
+                         '(same seed and settings; generated under --work/recipeN), to see '
+                         'what more training data changes')
 
 
 def training_and_heldout(work: Path, train_conformed: Path | None = None, n_heldout: int = 3,
-                         shifted: bool = False) -> dict:
+                         shifted: bool = False, recipe_subjects: int | None = None) -> dict:
     """The embedded default's recipe cohort (``train_conformed``, a conformed copy beside its
-    ``bids/``, or generated and conformed under ``work/recipe``) and this benchmark's held-out
+    ``bids/``, or generated and conformed under ``work/recipe``; with ``recipe_subjects``, the
+    same recipe with that many subjects under ``work/recipe<N>``) and this benchmark's held-out
     cohorts (seed 9090): ``bids``, ``train``, ``held``, ``clean``, and ``shifted`` if asked."""
     from bids_synth.training.conformed import load_sessions
     from bids_synth.training.default_model import RECIPE
 
     res = RECIPE['res']
-    if train_conformed:
+    if recipe_subjects and train_conformed:
+        raise SystemExit('--recipe-subjects and --train-conformed exclude each other')
+    if recipe_subjects:
+        bids, train = _cohort(work, f'recipe{recipe_subjects}', res,
+                              **dict(RECIPE['phantom'], n_subjects=recipe_subjects))
+    elif train_conformed:
         bids = Path(train_conformed).parent / 'bids'
         train = load_sessions(bids, train_conformed)
     else:
