@@ -1,25 +1,28 @@
-"""Native-resolution sMRI outputs: the model-grid output resampled vs the guided refinement.
+"""Native-resolution sMRI outputs: the model-grid output resampled vs the native refinements.
 
 A phantom cohort at the default resolution (anatomy ~1 mm: T1w, T2w, FLAIR, some T2w/FLAIR
 missing) goes through the functions the participant nodes call: ``conform`` of every available
 input (4 mm model grid of the embedded default model), the model's prediction, ``to_native``
 onto the session's reference grid (the T1w, 1 x 1 x 1-1.2 mm), then
-``preprocessing.refine.refine_native`` (what ``RefineNative`` runs: the reference plus the
-session's other acquired sMRI images as guide channels; ``refined_single``: the reference
-alone), with the defaults of ``preprocessing.refine``. Each output is scored on
-that native grid against the same subject rendered without acquisition noise and bias
-(``clean=True``), the clean target resampled onto the reference grid with the phantom's exact
-voxel-to-voxel affine (cubic spline), in model units (divided by its 99th percentile in the
-template brain mask on the model grid, as the model's own targets are). PSNR/SSIM
-(``bids_synth.metrics.score``) inside the template brain mask mapped onto the native grid
-(the mask the refinement uses, less the guide's zero voxels).
+``preprocessing.refine.refine_native`` (what ``RefineNative`` runs) with the reference plus the
+session's other acquired sMRI images as guides: ``refined`` with ``--method`` (default: the
+participant level's default, ``transfer``), ``refined_single`` the same with the reference
+alone, ``refined_<other>`` with the other method and ``refined_transfer_means`` the transfer
+with ``levels_from='means'``, at the defaults of
+``preprocessing.refine``. Each output is scored on that native grid against the same subject
+rendered without acquisition noise and bias (``clean=True``), the clean target resampled onto
+the reference grid with the phantom's exact voxel-to-voxel affine (cubic spline), in model
+units (divided by its 99th percentile in the template brain mask on the model grid, as the
+model's own targets are). PSNR/SSIM (``bids_synth.metrics.score``) inside the template brain
+mask mapped onto the native grid (the guided filter's mask, less the guide's zero voxels).
 
-    python bench/native.py [--subjects 8] [--seed 47] [--sweep]
+    python bench/native.py [--subjects 8] [--seed 47] [--sweep] [--method transfer|guided]
 
-``--sweep`` also scores a few (radius, eps) pairs, single and multi-channel: the defaults were
-chosen that way on another cohort (seed 31, 2 subjects: bench/results/native_tuning.json), so
-the reported cohort (seed 47) was not used to choose them. JSON to bench/results/native.json;
-median over targets (each missing T2w/FLAIR of each subject).
+``--sweep`` also scores a few (radius, eps) pairs of the guided filter, single and
+multi-channel: its defaults were chosen that way on another cohort (seed 31, 2 subjects:
+bench/results/native_tuning.json), so the reported cohort (seed 47) was not used to choose them.
+JSON to bench/results/native.json; median over targets (each missing T2w/FLAIR of each subject).
+The real-scan side of the same choice is bench/real.py.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SWEEP = [(2.0, 1e-4), (3.0, 1e-4), (3.0, 1e-3), (4.0, 1e-3)]
+DEFAULT_METHOD = 'transfer'
 
 
 def _machine() -> dict:
@@ -69,7 +73,7 @@ def _model_units(native: np.ndarray, ref_img, transform, template) -> np.ndarray
     return native / robust_max(tpl, template.mask)
 
 
-def run(n_subjects: int, seed: int, sweep: bool, tmp: Path) -> dict:
+def run(n_subjects: int, seed: int, sweep: bool, tmp: Path, method: str) -> dict:
     from bids_synth.bids.layout import collect_sessions, load_layout
     from bids_synth.metrics import score
     from bids_synth.models.imputer import SessionArrays
@@ -77,7 +81,7 @@ def run(n_subjects: int, seed: int, sweep: bool, tmp: Path) -> dict:
     from bids_synth.phantom import generate_cohort
     from bids_synth.phantom.session import relpath
     from bids_synth.preprocessing.conform import conform, to_native
-    from bids_synth.preprocessing.refine import EPS, RADIUS_MM, refine_native
+    from bids_synth.preprocessing.refine import EPS, METHODS, RADIUS_MM, refine_native
     from bids_synth.preprocessing.templates import load_template
     from bids_synth.workflows.base import default_model_dir
 
@@ -120,27 +124,32 @@ def run(n_subjects: int, seed: int, sweep: bool, tmp: Path) -> dict:
             row['resampled'] = score(base, ref_truth, mask)
             extra = [(conformed[m].native_reference, conformed[m].transform)
                      for m in inv.available if m != ref]
-            variants = [('refined', RADIUS_MM, EPS, extra),
-                        ('refined_single', RADIUS_MM, EPS, [])]
+            variants = [('refined', RADIUS_MM, EPS, extra, method, 'fit'),
+                        ('refined_single', RADIUS_MM, EPS, [], method, 'fit')]
+            variants += [(f'refined_{m}', RADIUS_MM, EPS, extra, m, 'fit') for m in METHODS
+                         if m != method]
+            # the transfer with its levels as the plain tissue means of the synthesized image
+            variants += [('refined_transfer_means', RADIUS_MM, EPS, extra, 'transfer', 'means')]
             if sweep:
                 variants += [(f'refined_{"multi" if multi else "single"}_r{r:g}_eps{e:g}', r,
-                              e, extra if multi else []) for r, e in SWEEP
+                              e, extra if multi else [], 'guided', 'fit') for r, e in SWEEP
                              for multi in (False, True)]
-            for key, radius, eps, guides in variants:
+            for key, radius, eps, guides, how, levels_from in variants:
                 t0 = time.perf_counter()
                 img, info = refine_native(resampled, res_ref.native_reference,
                                           res_ref.transform, template, work_dir=work,
-                                          radius_mm=radius, eps=eps, extra_guides=guides)
+                                          radius_mm=radius, eps=eps, extra_guides=guides,
+                                          method=how, levels_from=levels_from)
                 sec = time.perf_counter() - t0
                 s = score(np.asarray(img.dataobj), ref_truth, mask)
-                row[key] = dict(s, seconds=round(sec, 2))
+                row[key] = dict(s, seconds=round(sec, 2), method=info['method'])
                 if key == 'refined':
                     row['refine_info'] = info
                     changed = np.asarray(img.dataobj) != base
                     row['changed_outside_mask'] = int((changed & ~mask).sum())
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != 'refine_info'}), flush=True)
-    return {'rows': rows, 'defaults': {'radius_mm': RADIUS_MM, 'eps': EPS},
+    return {'rows': rows, 'defaults': {'method': method, 'radius_mm': RADIUS_MM, 'eps': EPS},
             'model': imputer.card().get('name', 'embedded default'),
             'model_res': template.res}
 
@@ -171,11 +180,13 @@ def main(argv=None) -> int:
     p.add_argument('--subjects', type=int, default=8)
     p.add_argument('--seed', type=int, default=47)
     p.add_argument('--sweep', action='store_true')
+    p.add_argument('--method', default=DEFAULT_METHOD,
+                   help='the refinement scored as "refined" (the other is scored too)')
     p.add_argument('--out', type=Path, default=HERE / 'results' / 'native.json')
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix='bench_native_') as tmp:
-        result = run(args.subjects, args.seed, args.sweep, Path(tmp))
+        result = run(args.subjects, args.seed, args.sweep, Path(tmp), args.method)
     result['summary'] = summarize(result)
     result['seconds'] = round(time.perf_counter() - t0, 1)
     result['machine'] = _machine()

@@ -19,7 +19,9 @@ Everything runs on copies in a temporary folder (../shared is read-only):
    acquired contrast copied (FLAIR for T2w, T2w for FLAIR, T1w for sub-ixi002's T2w), and for
    the FLAIR the MS lesion contrast kept: ((lesion - NAWM) / NAWM) synthesized over real, NAWM
    a 3-voxel ring around the lesions where the T1w is brighter than its brain median (white
-   matter), from ``truth/sub-ms07_lesions.nii.gz``.
+   matter), from ``truth/sub-ms07_lesions.nii.gz``. With the default native refinement
+   (``removed``, the tissue transfer) and with ``--native-refine guided``
+   (``removed_guided``).
 3. Brain extraction of sub-forrest02's bold reference (temporal mean) with deepbet: mask volume
    and time (the pipeline extracts sMRI only), and a mosaic of the raw T1w's mask.
 
@@ -187,13 +189,16 @@ def align_to(moving: Path, fixed: Path, work: Path) -> np.ndarray:
     return reg['warpedmovout'].numpy().astype(np.float32)
 
 
-def removed_comparisons(tmp: Path) -> dict:
+def removed_comparisons(tmp: Path, refine: str | None = None) -> dict:
+    """``refine``: the ``--native-refine`` method (None: the default)."""
     plan = {'ms07not2': ('ms07', ('T2w',)), 'ms07noflair': ('ms07', ('FLAIR',)),
             'ixi002not2': ('ixi002', ('T2w',))}
-    bids = copy_subjects(tmp / 'removed_bids', plan)
-    run = run_participant(bids, tmp / 'removed_out', tmp / 'removed_work',
-                          '--modalities', 'T2w', 'FLAIR', '--skip-bids-validation')
-    out = tmp / 'removed_out'
+    tag = f'_{refine}' if refine else ''
+    bids = copy_subjects(tmp / f'removed_bids{tag}', plan)
+    run = run_participant(bids, tmp / f'removed_out{tag}', tmp / f'removed_work{tag}',
+                          '--modalities', 'T2w', 'FLAIR', '--skip-bids-validation',
+                          *(['--native-refine', refine] if refine else []))
+    out = tmp / f'removed_out{tag}'
     ms = REAL / 'bids' / 'sub-ms07' / 'anat'
     t1, t2, flair = (_load(ms / f'sub-ms07_{s}.nii.gz') for s in ('T1w', 'T2w', 'FLAIR'))
     brain = (t2 > 0) & (flair > 0) & (t1 > 0)
@@ -213,7 +218,8 @@ def removed_comparisons(tmp: Path) -> dict:
                              lesion_contrast_synth=round(c_synth, 3),
                              lesion_contrast_kept=round(c_synth / c_real, 3))
     ixi = REAL / 'bids' / 'sub-ixi002' / 'anat'
-    t2_on_t1 = align_to(ixi / 'sub-ixi002_T2w.nii.gz', ixi / 'sub-ixi002_T1w.nii.gz', tmp)
+    t2_on_t1 = align_to(ixi / 'sub-ixi002_T2w.nii.gz', ixi / 'sub-ixi002_T1w.nii.gz',
+                        tmp / f'removed_work{tag}')
     ixi_t1 = _load(ixi / 'sub-ixi002_T1w.nii.gz')
     ixi_brain = (ixi_t1 > 0) & (t2_on_t1 > 0.01 * t2_on_t1.max())
     res['ixi002_T2w'] = compare(out / 'sub-ixi002not2/anat/sub-ixi002not2_desc-synth_T2w.nii.gz',
@@ -292,6 +298,7 @@ def main(argv=None) -> int:
     result = {'machine': machine, 'model': args.model}
     if args.removed_only:
         result['removed'] = removed_comparisons(tmp)
+        result['removed_guided'] = removed_comparisons(tmp, 'guided')
         run = result['removed']['run']
     else:
         bids = copy_subjects(tmp / 'bids', {s: (s, ()) for s in ('ms07', 'ixi002', 'forrest02')})
@@ -301,13 +308,14 @@ def main(argv=None) -> int:
                              'forrest02_T1w_mask_mosaic': t1w_mask_mosaic(
                                  tmp / 'work', args.out.parent / 'real_forrest02_T1w_mask.png')},
             'removed': removed_comparisons(tmp),
+            'removed_guided': removed_comparisons(tmp, 'guided'),
             'bold_reference_brain_extraction': bold_reference_extraction(
                 tmp, args.out.parent / 'real_forrest02_bold_mask.png'),
         })
     result['total_seconds'] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(result['removed'], indent=2))
+    print(json.dumps({k: result[k] for k in ('removed', 'removed_guided')}, indent=2))
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if run['exit_code'] == 0 else 1

@@ -110,9 +110,9 @@ class Workflow:
     the dataset's most common table, else the standard one; ``bids.gradients``)."""
     dwi_gradients: dict = dc.field(default_factory=dict)
     """The resolved table (``GradientScheme.to_dict``), set by the participant level."""
-    native_refine: bool = True
-    """Native-space sMRI outputs: guided refinement with the acquired sMRI reference's detail
-    (``--no-native-refine`` turns it off)."""
+    native_refine: str = 'transfer'
+    """Native-space sMRI outputs: refinement with the acquired sMRI reference's detail
+    (``--native-refine``: ``transfer``, ``guided`` or ``none``; ``preprocessing.refine``)."""
 
 
 @dc.dataclass

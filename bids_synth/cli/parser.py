@@ -179,11 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help='sMRI inputs: N4 bias correction and deepbet brain extraction; "auto" '
                    'only for inputs that still have their skull (detected), "force" always, '
                    '"skip" never (as fMRIPrep --skull-strip-t1w)')
-    g.add_argument('--no-native-refine', dest='native_refine', action='store_false',
-                   help='write the native-space T1w/T2w/FLAIR as the model-grid output '
-                   'resampled, without the guided refinement that gives them the detail of the '
-                   'acquired sMRI reference (default: refine when the reference is an sMRI '
-                   'image finer than the model grid)')
+    g.add_argument('--native-refine', choices=['transfer', 'guided', 'none'],
+                   default='transfer',
+                   help='native-space T1w/T2w/FLAIR, when the reference is an sMRI image finer '
+                   'than the model grid: "transfer" maps the acquired reference into the '
+                   'target contrast through its CSF/GM/WM means and the synthesized image\'s '
+                   'levels (default; holds on real scans), "guided" refines the model-grid '
+                   'output locally with the reference\'s detail (guided filter), "none" writes '
+                   'the model-grid output resampled')
+    g.add_argument('--no-native-refine', dest='native_refine', action='store_const',
+                   const='none', help='same as --native-refine none')
     g.add_argument('--dwi-scheme', type=str, metavar='FILE', default=None,
                    help='gradient table of the synthesized dwi series: a .bval/.bvec pair, '
                         'named by either file, their common prefix or their .nii[.gz] image '

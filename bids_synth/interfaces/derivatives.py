@@ -259,9 +259,12 @@ def write_synth_outputs(
             if native_refinement.get('applied'):
                 guides = ' and '.join([native_refinement.get('guide_modality', '?')]
                                       + native_refinement.get('extra_guide_modalities', []))
+                how = ('guided filter' if native_refinement.get('method') == 'guided' else
+                       'the acquired ' + native_refinement.get('transfer_modality', guides)
+                       + ' mapped into this contrast through its tissue means')
                 side['Description'] += (
                     ' On this native grid the image was refined with the detail of the acquired '
-                    f'{guides} (guided filter; see bids_synth.native_refinement); intensities '
+                    f'{guides} ({how}; see bids_synth.native_refinement); intensities '
                     'stay in model units.')
         for piece in pieces:
             ppath = derivative_path(out, subject=subject, session=session, modality=target,

@@ -34,6 +34,9 @@ class _RefineNativeInputSpec(BaseInterfaceInputSpec):
     extra_transforms = InputMultiObject(File(exists=True), desc='their native->template xfms')
     extra_modalities = traits.List(traits.Str, desc='their modalities')
     extra_uris = traits.List(traits.Str, desc='BIDS URIs of their raw files')
+    method = traits.Enum('transfer', 'guided', usedefault=True,
+                         desc='transfer: the guide mapped into the target contrast through its '
+                              'tissue means; guided: guided filter (preprocessing.refine)')
     radius_mm = traits.Float(desc='window half-width (mm); default refine.RADIUS_MM')
     eps = traits.Float(desc='regularization; default refine.EPS')
 
@@ -44,7 +47,8 @@ class _RefineNativeOutputSpec(TraitedSpec):
 
 
 class RefineNative(SimpleInterface):
-    """Guided refinement of a synthesized sMRI image with the acquired reference's detail.
+    """Native-grid refinement of a synthesized sMRI image with the acquired reference's
+    detail (:func:`~bids_synth.preprocessing.refine.refine_native`, ``method``).
 
     Applied only when the guide is finer than the model grid (smallest voxel side under
     ``res``); otherwise ``out_file`` is ``in_file`` and the record says why. The other sMRI
@@ -76,24 +80,33 @@ class RefineNative(SimpleInterface):
                              _list(self.inputs.extra_transforms)))
             img, info = refine_native(nib.load(self.inputs.in_file), self.inputs.guide,
                                       self.inputs.transform, template, work_dir=runtime.cwd,
-                                      radius_mm=radius, eps=eps, extra_guides=extra)
+                                      radius_mm=radius, eps=eps, extra_guides=extra,
+                                      method=self.inputs.method)
             used = info.pop('extra_guides_used', [])
             uris, mods = list(self.inputs.extra_uris), list(self.inputs.extra_modalities)
             if used and len(uris) == len(extra) and len(mods) == len(extra):
                 record['extra_guides'] = [uris[i] for i in used]
                 record['extra_guide_modalities'] = [mods[i] for i in used]
+            if 'transfer_channel' in info:  # which guide the transfer mapped
+                channels = [self.inputs.guide_modality] + record.get('extra_guide_modalities',
+                                                                     [])
+                k = info.pop('transfer_channel')
+                record['transfer_modality'] = channels[k] if k < len(channels) else str(k)
             out_file = os.path.join(runtime.cwd, 'refined.nii.gz')
             img.to_filename(out_file)
             self._results['out_file'] = out_file
             record = {
                 'applied': True,
-                'method': 'guided filter (He et al., TPAMI 2013): out = a * guide + b, fitted '
-                          'in windows against the guide resampled through the model grid',
+                'method': info.pop('method'),
+                'description': _DESCRIPTIONS[self.inputs.method],
                 **record,
                 'guide_preprocessing': _guide_preprocessing(self.inputs.guide_report),
                 **info,
-                'inside': 'brain mask (template mask mapped to the native grid, where the '
-                          'guide is non-zero); unchanged outside',
+                'inside': ('brain mask (template mask mapped to the native grid, where the '
+                           'guide is non-zero)' if self.inputs.method == 'guided' else
+                           'the guide\'s brain (within the template mask dilated by two '
+                           'model-grid voxels, where the mapped guide is brighter than a '
+                           'quarter of its darkest tissue mean)') + '; unchanged outside',
                 'intensity_scale': 'unchanged: model units (sMRI / 99th percentile inside '
                                    'the brain mask), as the template-space output',
             }
@@ -102,6 +115,16 @@ class RefineNative(SimpleInterface):
             json.dump(record, f, indent=2)
         self._results['refinement'] = out
         return runtime
+
+
+_DESCRIPTIONS = {
+    'guided': 'guided filter (He et al., TPAMI 2013): out = a * guide + b, fitted in windows '
+              'against the guide resampled through the model grid',
+    'transfer': 'tissue-anchored intensity transfer: the guide segmented (Atropos, template '
+                'priors), each voxel of the guide mapped piecewise-linearly from the guide\'s '
+                'CSF/GM/WM means to the synthesized image\'s CSF/GM/WM levels; the channel '
+                'that separates the tissues best is used',
+}
 
 
 def _list(value) -> list:

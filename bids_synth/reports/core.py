@@ -180,10 +180,12 @@ def subject_report(output_dir: str | Path, subject: str, records: list[dict]) ->
             if ref:
                 guides = ' and '.join([ref.get('guide_modality', '?')]
                                       + ref.get('extra_guide_modalities', []))
-                what = (f'refined with the detail of the acquired {guides} '
-                        f'(guided filter, radius {ref.get("radius_mm")} mm, eps '
-                        f'{ref.get("eps")})' if ref.get('applied') else
-                        f'not refined: {ref.get("reason", "")}')
+                how = (f'guided filter, radius {ref.get("radius_mm")} mm, eps {ref.get("eps")}'
+                       if ref.get('method', 'guided') == 'guided' else
+                       f'{ref.get("transfer_modality", "?")} mapped through its CSF/GM/WM means'
+                       f' to the levels {ref.get("target_tissue_levels")}')
+                what = (f'refined with the detail of the acquired {guides} ({how})'
+                        if ref.get('applied') else f'not refined: {ref.get("reason", "")}')
                 parts.append(f'<p>Native-space image: {html.escape(what)}.</p>')
             files = [(k, v) for k, v in sorted(rec['files'].items())]
             parts.append(_table(files, ('output', 'file')))

@@ -210,7 +210,7 @@ def init_session_synth_wf(
     force=False,
     skull_strip='auto',
     precomputed=None,
-    native_refine=True,
+    native_refine='transfer',
     impute_clinical=False,
     dwi_scheme=None,
     name=None,
@@ -219,8 +219,9 @@ def init_session_synth_wf(
 
     ``skull_strip`` goes to every sMRI conform node; ``precomputed`` (fMRIPrep/sMRIPrep outputs,
     :func:`~bids_synth.preprocessing.precomputed.find_precomputed`) to the T1w's.
-    ``native_refine``: sMRI targets of a session whose reference is an sMRI image get a
-    ``refine_<target>`` node (:class:`~bids_synth.interfaces.refine.RefineNative`) between
+    ``native_refine`` (``transfer``, ``guided``; ``none`` or False: off; True: ``transfer``):
+    sMRI targets of a session whose reference is an sMRI image get a ``refine_<target>`` node
+    (:class:`~bids_synth.interfaces.refine.RefineNative` with that method) between
     ``native_<target>`` and ``ds_<target>``: the native output takes the reference's detail.
     ``impute_clinical``: an ``impute_clinical`` node
     (:class:`~bids_synth.interfaces.clinical.ImputeClinical`) predicts the missing clinical
@@ -275,6 +276,9 @@ def init_session_synth_wf(
 
     use_gpu = resolve_device(device) == 'cuda'  # MultiProc schedules GPU nodes apart
     smri_reference = MODALITIES[ref.modality].family == 'smri'
+    if native_refine is True:
+        native_refine = 'transfer'
+    native_refine = None if native_refine in (False, None, 'none') else native_refine
     # the other acquired sMRI images: more guide channels of the native refinement
     extra_guides = [m for m in inputs if m != ref.modality and MODALITIES[m].family == 'smri']
     if native_refine and smri_reference and extra_guides:
@@ -328,7 +332,7 @@ def init_session_synth_wf(
         ])  # fmt:skip
         if native_refine and smri_reference and MODALITIES[target].family == 'smri':
             refine = pe.Node(
-                RefineNative(res=res, guide_modality=ref.modality,
+                RefineNative(res=res, method=native_refine, guide_modality=ref.modality,
                              guide_uri=bids_uri(bids_dir, ref.path),
                              extra_modalities=extra_guides,
                              extra_uris=[bids_uri(bids_dir, inv.files[m].path)
