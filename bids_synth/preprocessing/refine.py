@@ -51,8 +51,7 @@ METHODS = ('transfer', 'guided')
 #: Spacing (mm) of the grid on which the guide is segmented for :func:`tissue_transfer`'s
 #: anchors (tissue means need no more detail; Atropos at 1 mm takes about a minute).
 SEGMENT_MM = 2.0
-#: Gaussian sigma (mm) of the guide's local tissue means (:func:`local_anchors`); None: one
-#: mean per tissue for the whole brain.
+#: Gaussian sigma (mm) of the guide's local tissue means (:func:`local_anchors`).
 LOCAL_MM = 12.0
 #: Blur of the model-grid output, as a FWHM in model-grid voxels, for the fit of its tissue
 #: levels (linear interpolation of the grid and the resampling back to it).
@@ -313,15 +312,13 @@ def _resize(a: np.ndarray, shape) -> np.ndarray:
     return out[tuple(slice(0, n) for n in shape)]
 
 
-def _transfer(synth, guides, guide, mask, zooms, template, transform, guide_file,
-              levels_from='fit'):
+def _transfer(synth, guides, mask, zooms, template, transform, guide_file, levels_from='fit'):
     """:func:`refine_native`'s ``transfer``: the output and its record."""
     from .conform import to_native
-    from .tissues import TISSUES, tissue_maps
+    from .tissues import TISSUES, template_priors, tissue_maps
 
-    priors = np.asarray(to_native(
-        np.stack([np.asarray(getattr(template, t), np.float32) for t in TISSUES]),
-        template, transform, str(guide_file)).dataobj, dtype=np.float32)
+    priors = np.asarray(to_native(template_priors(template), template, transform,
+                                  str(guide_file)).dataobj, dtype=np.float32)
     factor = [z / SEGMENT_MM for z in zooms]
 
     def coarse(x, order=1):
@@ -330,24 +327,23 @@ def _transfer(synth, guides, guide, mask, zooms, template, transform, guide_file
     cmask = coarse(mask.astype(np.float32), 0) > 0.5
     cpri = np.stack([coarse(priors[..., k]) for k in range(len(TISSUES))])
     cpri = np.clip(cpri, 0, None) / np.maximum(cpri.sum(0), 1e-6)
-    maps, source = tissue_maps(coarse(guides[0]), cpri, cmask)
+    cguides = [coarse(g) for g in guides]
+    csynth = coarse(synth)
+    maps, source = tissue_maps(cguides[0], cpri, cmask)
     # the guide channel that separates the tissues best (its closest pair of tissue means over
     # the within-tissue spread): averaging in a channel of weak contrast (FLAIR's GM/WM) only
     # adds its noise
     anchors, separation = [], []
-    for g in guides:
-        cg = coarse(g)
+    for cg in cguides:
         anchors.append(tissue_anchors(cg, maps, cmask))
         separation.append(_separation(cg, maps, cmask, anchors[-1]))
     best = int(np.nanargmax(separation)) if np.isfinite(separation).any() else 0
-    anchors_best = anchors[best]
-    if LOCAL_MM:  # the guide's tissue means around each voxel: immune to a smooth bias field
-        local = local_anchors(coarse(guides[best]), maps, cmask, LOCAL_MM / SEGMENT_MM,
-                              anchors[best])
-        anchors_best = np.stack([_resize(a, guide.shape) for a in local])
+    # the guide's tissue means around each voxel: immune to a smooth bias field
+    local = local_anchors(cguides[best], maps, cmask, LOCAL_MM / SEGMENT_MM, anchors[best])
+    local = np.stack([_resize(a, guides[best].shape) for a in local])
     # the synthesized image's levels where the subject's tissue and the template's agree
     agree = np.stack([cpri[k] > 0.6 for k in range(len(TISSUES))])
-    levels = tissue_anchors(coarse(synth), maps, cmask, within=agree)
+    levels = tissue_anchors(csynth, maps, cmask, within=agree)
     if levels_from == 'fit':
         # the synthesized image has the model grid's blur: regress it on the tissue maps
         # blurred alike (a partial-volume model), over the voxels where a tissue of the
@@ -357,7 +353,7 @@ def _transfer(synth, guides, guide, mask, zooms, template, transform, guide_file
         sel = cmask & np.any((maps >= 0.5) & agree, axis=0)
         if sel.sum() >= 10 * len(TISSUES):
             fit, *_ = np.linalg.lstsq(blurred[:, sel].T.astype(np.float64),
-                                      coarse(synth)[sel].astype(np.float64), rcond=None)
+                                      csynth[sel].astype(np.float64), rcond=None)
             if np.isfinite(fit).all():
                 levels = fit
     # the whole brain of the guide: the template's mask (the guided filter's domain) misses
@@ -369,7 +365,7 @@ def _transfer(synth, guides, guide, mask, zooms, template, transform, guide_file
     floor = 0.25 * float(np.nanmin(anchors[best]))
     inside = (np.asarray(wide.dataobj) > 0.5) & (guides[best] > max(floor, 0.0))
     out = synth.copy()
-    out[inside] = tissue_transfer(guides[best], anchors_best, levels, inside)[inside]
+    out[inside] = tissue_transfer(guides[best], local, levels, inside)[inside]
     record = {'mask_voxels': int(inside.sum()), 'segment_mm': SEGMENT_MM,
               'local_means_sigma_mm': LOCAL_MM, 'levels_from': levels_from,
               'transfer_channel': best,
@@ -410,9 +406,8 @@ def refine_native(synth_img, guide_file, transform, template, *, work_dir,
         ``guided``: :func:`guided_refine`. ``transfer``: :func:`tissue_transfer` of the guide
         channel that separates the tissues best, anchored on its tissue means (the reference
         segmented by Atropos on a :data:`SEGMENT_MM` grid, the template's tissue maps as
-        priors) and the synthesized image's means in the same tissues where the template
-        agrees (confident voxels whose template prior is above 0.6); ``radius_mm`` and
-        ``eps`` are unused.
+        priors; local means, :data:`LOCAL_MM`) and the synthesized image's tissue levels
+        (``levels_from``); ``radius_mm`` and ``eps`` are unused.
     levels_from : {'fit', 'means'}
         How the transfer takes the synthesized image's tissue levels: ``fit``, least squares
         of the image on the subject's tissue maps blurred as by the model grid (voxels where a
@@ -477,8 +472,8 @@ def refine_native(synth_img, guide_file, transform, template, *, work_dir,
             'mask_voxels': int(mask.sum()), 'guide_channels': len(guides),
             'extra_guides_used': used}
     if method == 'transfer':
-        out, record = _transfer(synth, guides, guide, mask, zooms, template, transform,
-                                guide_file, levels_from)
+        out, record = _transfer(synth, guides, mask, zooms, template, transform, guide_file,
+                                levels_from)
         info.update(record)
     else:
         # the guided filter fits against the guides as the model saw them
